@@ -1,0 +1,18 @@
+"""coa-lora: configuration-aware LoRA for mixed-precision quantized LLMs (CoA-LoRA, arXiv 2509.25214).
+
+The public API the app, the notebooks and users call.
+"""
+from .allocate import Allocation, Allocator, allocate
+from .config import ModelConfig, ModelLayout, Target
+from .damage import DamageTable, fisher_diagonal, matrix_damage
+from .instantiate import QuantizedModel, WeightCache, layout_of
+from .quant import QuantizedTensor, dequantize, quantization_error, quantize
+from .space import ALL_OPTIONS, MAX_BITS, MIN_BITS, PRESETS, QuantOption, preset
+from .workbench import Workbench
+
+__all__ = [
+    "ALL_OPTIONS", "MAX_BITS", "MIN_BITS", "PRESETS", "Allocation", "Allocator", "DamageTable", "ModelConfig",
+    "ModelLayout", "QuantOption", "QuantizedModel", "QuantizedTensor", "Target", "WeightCache", "Workbench",
+    "allocate", "dequantize", "fisher_diagonal", "layout_of", "matrix_damage", "preset", "quantization_error",
+    "quantize",
+]

@@ -1,0 +1,170 @@
+"""Budget → configuration: an exact multiple-choice knapsack solved with scipy's HiGHS ``milp`` (METHOD.md §3).
+
+minimise Σ_i damage[i, c_i]  subject to  Σ_i numel_i · bits(c_i) ≤ β · Σ_i numel_i,  one option c_i per matrix.
+
+Options that are dominated on a matrix (another option has no more bits and no more damage, one strictly less) can
+never be needed by an optimum, so each matrix keeps only its Pareto-efficient options; that shrinks 432 columns to a
+few dozen and makes the MILP solve in well under a second on SmolLM2. Feasibility is checked in exact integer
+arithmetic (every bits-per-weight is a multiple of 1/16384), never trusting the solver's float tolerance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.optimize import Bounds, LinearConstraint, linprog, milp
+
+from .config import ModelConfig, ModelLayout
+from .space import ALL_OPTIONS, QuantOption
+
+BITS_DENOMINATOR = 16384  # B0·B1 ≤ 64·256: every bits_per_weight × 16384 is an integer.
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The allocator's answer for one budget."""
+
+    budget: float
+    config: ModelConfig
+    damage: float
+
+    @property
+    def avg_bits(self) -> float:
+        return self.config.avg_bits
+
+
+def _pareto_options(damage: np.ndarray, bits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Indices (into ``allowed``) of options not dominated in (bits, damage); ties keep the lowest index."""
+    order = np.lexsort((allowed, damage, bits))  # by bits, then damage, then index
+    keep, best = [], np.inf
+    for j in order:
+        if damage[j] < best:
+            keep.append(j)
+            best = damage[j]
+    return np.asarray(keep)
+
+
+class Allocator:
+    """Solves budget → configuration for one model's damage table.
+
+    Args:
+        layout: the model's layout.
+        damage: ``(n_targets, n_options)`` damage of ``options[k]`` on target i.
+        options: the options the columns of ``damage`` stand for (default: all 432).
+    """
+
+    def __init__(self, layout: ModelLayout, damage: torch.Tensor, options: Sequence[QuantOption] = ALL_OPTIONS):
+        damage = torch.as_tensor(damage, dtype=torch.float64)
+        if damage.shape != (len(layout), len(options)):
+            raise ValueError(
+                f"Damage table shape {tuple(damage.shape)} does not match ({len(layout)}, {len(options)})."
+            )
+        self.layout = layout
+        self.options = tuple(options)
+        self._damage = damage.numpy()
+        self._bits_int = np.array([round(o.bits_per_weight * BITS_DENOMINATOR) for o in self.options], dtype=np.int64)
+        self._numel = layout.numels.numpy()
+        # Normalise the objective so HiGHS's tolerances act on comparable magnitudes across models.
+        self._scale = len(layout) / max(float(self._damage.max(1).sum()), 1e-300)
+        allowed = np.arange(len(self.options))
+        self._candidates = [_pareto_options(row, self._bits_int, allowed) for row in self._damage]
+        self.min_bits = float((self._numel * self._bits_int.min()).sum() / self._numel.sum() / BITS_DENOMINATOR)
+        self.max_bits = float((self._numel * self._bits_int.max()).sum() / self._numel.sum() / BITS_DENOMINATOR)
+
+    @property
+    def budget_range(self) -> tuple[float, float]:
+        return self.min_bits, self.max_bits
+
+    def allocate(self, budget: float, time_limit: float = 60.0) -> Allocation:
+        """The configuration of least damage whose average bits do not exceed ``budget``."""
+        if not (self.min_bits <= budget <= self.max_bits):
+            raise ValueError(
+                f"Budget {budget} bits is outside the feasible range [{self.min_bits:.4f}, {self.max_bits:.4f}] "
+                "bits per weight."
+            )
+        total = int(self._numel.sum())
+        limit = int(np.floor(budget * BITS_DENOMINATOR * total + 1e-6))  # exact integer capacity
+        slack = 0.0
+        for _ in range(4):
+            choice = self._solve(limit / (BITS_DENOMINATOR * total) - slack, time_limit)
+            used = int((self._numel * self._bits_int[choice]).sum())
+            if used <= limit:
+                config = ModelConfig(self.layout, tuple(self.options[k] for k in choice))
+                dmg = float(self._damage[np.arange(len(choice)), choice].sum())
+                return Allocation(budget, config, dmg)
+            # The solver met the constraint only within its tolerance: tighten by the overshoot and solve again.
+            slack += (used - limit) / (BITS_DENOMINATOR * total) + 1e-9
+        raise RuntimeError(f"HiGHS kept exceeding the budget {budget}; this should not happen, please report it.")
+
+    def _solve(self, capacity: float, time_limit: float) -> np.ndarray:
+        """Option index per matrix minimising damage with Σ weight·bits ≤ capacity (in average bits)."""
+        m = len(self._candidates)
+        cols = np.concatenate(self._candidates)
+        rows = np.repeat(np.arange(m), [len(c) for c in self._candidates])
+        # Subtracting each matrix's least damage changes no argmin (one option per matrix) and, with the rescaling
+        # below, keeps HiGHS's absolute tolerances meaningful at high budgets where all damages are tiny.
+        cost = self._damage[rows, cols] - self._damage.min(1)[rows]
+        weight = (self._numel[rows] / self._numel.sum()) * (self._bits_int[cols] / BITS_DENOMINATOR)
+        one_each = sp.csr_array((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(m, rows.size))
+        keep = np.ones(rows.size, dtype=bool)
+        for _ in range(2):  # the first LP sets the scale, the second filters at that scale
+            lp = linprog(cost, A_ub=weight[None, :], b_ub=[capacity], A_eq=one_each, b_eq=np.ones(m),
+                         bounds=(0, 1), method="highs")
+            if lp.status != 0:
+                break
+            upper = _greedy_upper_bound(rows, cost, weight, capacity, lp.x, m)
+            if not np.isfinite(upper) or upper <= 0:
+                break
+            if abs(upper - 1.0) > 1e-3:
+                cost = cost / upper
+                continue
+            reduced = cost - lp.eqlin.marginals[rows] - lp.ineqlin.marginals[0] * weight
+            keep = reduced <= (upper - lp.fun) + 1e-6
+            break
+        rows, cols, cost, weight = rows[keep], cols[keep], cost[keep], weight[keep]
+        one_each = sp.csr_array((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(m, rows.size))
+        res = milp(
+            cost,
+            integrality=np.ones(rows.size),
+            bounds=Bounds(0, 1),
+            constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(weight[None, :], -np.inf, capacity)],
+            options={"mip_rel_gap": 0.0, "time_limit": time_limit},
+        )
+        if res.x is None:
+            raise RuntimeError(f"HiGHS found no allocation ({res.message}).")
+        picked = res.x > 0.5
+        choice = np.empty(m, dtype=np.int64)
+        choice[rows[picked]] = cols[picked]
+        return choice
+
+
+def _greedy_upper_bound(rows, cost, weight, capacity, lp_x, m: int, max_moves: int = 500) -> float:
+    """Cost of a feasible solution near the LP optimum: round each matrix down to the cheapest option no heavier
+    than its LP mix (the LP has at most two fractional columns), then spend the freed budget on the best single-matrix
+    upgrades that still fit."""
+    lp_weight = np.bincount(rows, weights=weight * lp_x, minlength=m)
+    ok = weight <= lp_weight[rows] + 1e-12
+    masked = np.where(ok, cost, np.inf)
+    order = np.lexsort((masked, rows))
+    first = np.searchsorted(rows[order], np.arange(m))
+    choice = order[first]  # column chosen for each matrix
+    if not np.isfinite(masked[choice]).all():
+        return np.inf
+    left = capacity - weight[choice].sum()
+    for _ in range(max_moves):
+        gain = cost - cost[choice[rows]]
+        fits = (weight - weight[choice[rows]] <= left) & (gain < 0)
+        if not fits.any():
+            break
+        j = np.flatnonzero(fits)[np.argmin(gain[fits])]
+        left -= weight[j] - weight[choice[rows[j]]]
+        choice[rows[j]] = j
+    return float(cost[choice].sum())
+
+
+def allocate(layout: ModelLayout, damage: torch.Tensor, budget: float) -> Allocation:
+    """One-shot convenience: ``Allocator(layout, damage).allocate(budget)``."""
+    return Allocator(layout, damage).allocate(budget)

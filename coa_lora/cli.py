@@ -1,0 +1,154 @@
+"""Command line: ``python -m coa_lora {prepare,allocate} ...``.
+
+Every failure a user can cause (unknown model, bad budget, unreadable file) exits non-zero with one sentence on
+stderr; long steps draw a progress bar on stderr, results go to stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CliError(Exception):
+    """An error whose message is shown to the user as is."""
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2",
+                   help="smollm2 (embedded), tiny (random test model), a local folder, or a Hugging Face model id")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default: float32)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m coa_lora", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("prepare", help="prepare the offline assets (embedded model, Shakespeare text); idempotent")
+
+    p = sub.add_parser("allocate", help="budget -> per-matrix quantization configuration (exact MILP)")
+    _add_model_args(p)
+    p.add_argument("--budget", type=float, required=True, help="average bits per weight over the target matrices")
+    p.add_argument("--weighting", default="none", choices=["none", "fisher"],
+                   help="damage = squared error, or weighted by a diagonal Fisher estimate (default: none)")
+    p.add_argument("--out", type=Path, help="write the configuration JSON here")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+
+    p = sub.add_parser("show", help="summarise a saved configuration JSON for a model")
+    _add_model_args(p)
+    p.add_argument("--config", type=Path, required=True, help="configuration JSON written by `allocate --out`")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "prepare":
+            return _prepare()
+        if args.command == "allocate":
+            return _allocate(args)
+        if args.command == "show":
+            return _show(args)
+    except (CliError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - asset errors etc. are shown as one sentence, not a traceback.
+        from .assets import AssetMissingError
+
+        if isinstance(exc, AssetMissingError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    raise AssertionError(args.command)
+
+
+def _prepare() -> int:
+    from .assets import prepare_assets
+    from .progress import tqdm_progress
+
+    with tqdm_progress("prepare") as progress:
+        prepare_assets(progress=progress)
+    print("assets ready")
+    return 0
+
+
+def _workbench(args):
+    from .workbench import Workbench
+
+    return Workbench.load(args.model, device=args.device, dtype=DTYPES[args.dtype])
+
+
+def _allocate(args) -> int:
+    from .progress import tqdm_progress
+
+    if args.out is not None and args.out.is_dir():
+        raise CliError(f"--out {args.out} is a folder; give a file path for the configuration JSON.")
+    wb = _workbench(args)
+    with tqdm_progress(f"damage table ({args.weighting})") as progress:
+        allocation = wb.allocate(args.budget, weighting=args.weighting, progress=progress)
+    config = allocation.config
+    if args.out is not None:
+        from .storage import write_json
+
+        write_json(args.out, config.to_dict())
+    _print_result(args, wb, allocation)
+    return 0
+
+
+def _show(args) -> int:
+    from .allocate import Allocation
+    from .config import ModelConfig
+
+    try:
+        text = args.config.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"Cannot read the configuration file {args.config} ({exc.__class__.__name__}).") from None
+    wb = _workbench(args)
+    config = ModelConfig.from_json(text, wb.layout)
+    table = wb.damage_table("none")
+    _print_result(args, wb, Allocation(config.avg_bits, config, table.damage(config.option_indices())))
+    return 0
+
+
+def _print_result(args, wb, allocation) -> None:
+    config = allocation.config
+    if not args.json:
+        print(format_summary(allocation, wb.layout))
+        return
+    print(json.dumps({
+        "model": wb.layout.model_id,
+        "budget": allocation.budget,
+        "avg_bits": config.avg_bits,
+        "size_bytes": config.size_bytes,
+        "full_size_bytes": wb.layout.full_size_bytes,
+        "damage": allocation.damage,
+        "weighting": getattr(args, "weighting", "none"),
+        "config": config.to_dict(),
+    }))
+
+
+def format_summary(allocation, layout) -> str:
+    """Average bits, size against the unquantized model, and one line per block with each matrix's NF bits."""
+    config = allocation.config
+    mb = 1024**2
+    lines = [
+        f"{layout.model_id}: budget {allocation.budget:g} bits -> {config.avg_bits:.4f} average bits per weight",
+        f"size {config.size_bytes / mb:.1f} MiB vs {layout.full_size_bytes / mb:.1f} MiB unquantized "
+        f"({config.size_bytes / layout.full_size_bytes:.1%}); damage {allocation.damage:.4g}",
+        "block  avg bits  NF bits per matrix (b/B0)",
+    ]
+    by_layer = config.bits_by_layer()
+    rows: dict[int, list[str]] = {}
+    for t, o in zip(layout.targets, config.options):
+        rows.setdefault(t.layer, []).append(f"{t.kind.split('_')[0]}:{o.bits}/{o.block_size}")
+    for layer, bits in by_layer.items():
+        lines.append(f"{layer:5d}  {bits:8.3f}  {' '.join(rows[layer])}")
+    return "\n".join(lines)

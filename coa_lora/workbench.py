@@ -1,0 +1,95 @@
+"""A loaded model together with what the CLI, the app and the notebooks do with it: its layout, its cached damage
+tables, the allocator and live configuration switching.
+
+    wb = Workbench.load("smollm2")
+    alloc = wb.allocate(3.0)        # damage table (cached on disk) -> exact MILP
+    wb.qmodel.apply_(alloc.config)  # the model now runs quantized
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from .allocate import Allocation, Allocator
+from .config import ModelLayout
+from .damage import DamageTable, fisher_diagonal, load_or_compute
+from .instantiate import DEFAULT_CACHE_BYTES, QuantizedModel, layout_of
+from .progress import ProgressFn
+
+WEIGHTINGS = ("none", "fisher")
+FISHER_SEQUENCES = 8  # calibration sequences from the training plays
+FISHER_LENGTH = 256  # tokens each
+FISHER_SEED = 0
+
+
+@dataclass
+class Workbench:
+    """A model by name, ready to be quantized to any configuration or budget."""
+
+    name: str
+    model: torch.nn.Module
+    qmodel: QuantizedModel
+    _tokenizer: object = None
+    _tables: dict = field(default_factory=dict)
+    _allocators: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls, name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> "Workbench":
+        """Load ``name`` (``smollm2``, ``tiny``, a local folder or a Hugging Face id) on ``device`` in ``dtype``."""
+        from .models import load_model, model_id
+
+        model = load_model(name, device=device, dtype=dtype)
+        qmodel = QuantizedModel(model, layout_of(model, model_id(name)), cache_bytes=cache_bytes)
+        return cls(name, model, qmodel)
+
+    @property
+    def layout(self) -> ModelLayout:
+        return self.qmodel.layout
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.name)
+        return self._tokenizer
+
+    def damage_table(self, weighting: str = "none", progress: Optional[ProgressFn] = None) -> DamageTable:
+        """The damage table of the full-precision targets, from the disk cache when it is there."""
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"Unknown damage weighting {weighting!r}; choose one of {WEIGHTINGS}.")
+        if weighting not in self._tables:
+            from .assets import cache_dir
+
+            # Damage is measured against the full-precision weights, whatever configuration is applied now.
+            weights = {t.name: self.qmodel.original_weight(t.name) for t in self.layout.targets}
+            importance, settings = None, ""
+            if weighting == "fisher":
+                from .data import calibration_batches
+
+                batches = calibration_batches(self.tokenizer, FISHER_SEQUENCES, FISHER_LENGTH, FISHER_SEED)
+                current = self.qmodel.config
+                self.qmodel.restore_()
+                try:
+                    importance = fisher_diagonal(self.model, self.layout.names, batches, progress)
+                finally:
+                    if current is not None:
+                        self.qmodel.apply_(current)
+                settings = f"fisher:{FISHER_SEQUENCES}x{FISHER_LENGTH}:seed{FISHER_SEED}"
+            self._tables[weighting] = load_or_compute(weights, cache_dir() / "damage", importance, settings, progress)
+        return self._tables[weighting]
+
+    def allocator(self, weighting: str = "none", progress: Optional[ProgressFn] = None) -> Allocator:
+        if weighting not in self._allocators:
+            table = self.damage_table(weighting, progress).for_layout(self.layout)
+            self._allocators[weighting] = Allocator(self.layout, table.values)
+        return self._allocators[weighting]
+
+    def allocate(self, budget: float, weighting: str = "none", progress: Optional[ProgressFn] = None) -> Allocation:
+        """The least-damage configuration within ``budget`` average bits per weight."""
+        return self.allocator(weighting, progress).allocate(budget)
