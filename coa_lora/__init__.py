@@ -5,12 +5,20 @@ The public API the app, the notebooks and users call.
 from .allocate import Allocation, Allocator, allocate
 from .config import ModelConfig, ModelLayout, Target
 from .damage import DamageTable, fisher_diagonal, matrix_damage
+from .evaluate import ItemResult, TaskResult, evaluate_task
+from .evaluator import EvalOptions, Evaluator, results_table
 from .instantiate import QuantizedModel, WeightCache, layout_of
+from .loglik import EvaluationCancelled, ScoringOptions
+from .mc_tasks import MCItem, Task, load_task
+from .perplexity import PerplexityOptions, PerplexityResult, heldout_perplexity
 from .quant import QuantizedTensor, dequantize, quantization_error, quantize
 from .space import ALL_OPTIONS, MAX_BITS, MIN_BITS, PRESETS, QuantOption, preset
 from .workbench import Workbench
 
 __all__ = [
+    "EvalOptions", "EvaluationCancelled", "Evaluator", "ItemResult", "MCItem", "PerplexityOptions",
+    "PerplexityResult", "ScoringOptions", "Task", "TaskResult", "evaluate_task", "heldout_perplexity", "load_task",
+    "results_table",
     "ALL_OPTIONS", "MAX_BITS", "MIN_BITS", "PRESETS", "Allocation", "Allocator", "DamageTable", "ModelConfig",
     "ModelLayout", "QuantOption", "QuantizedModel", "QuantizedTensor", "Target", "WeightCache", "Workbench",
     "allocate", "dequantize", "fisher_diagonal", "layout_of", "matrix_damage", "preset", "quantization_error",

@@ -100,69 +100,72 @@ class Allocator:
         raise RuntimeError(f"HiGHS kept exceeding the budget {budget}; this should not happen, please report it.")
 
     def _solve(self, capacity: float, time_limit: float) -> np.ndarray:
-        """Option index per matrix minimising damage with Σ weight·bits ≤ capacity (in average bits)."""
+        """Option index per matrix minimising damage with Σ weight·bits ≤ capacity (in average bits).
+
+        Exact, in three steps that keep HiGHS's problems small:
+        1. LP relaxation: lower bound LB and duals (u_i per matrix, λ ≤ 0 for the budget). Every feasible x has
+           cost(x) ≥ LB + Σ rc·x with reduced costs rc = cost − u_row − λ·weight ≥ 0.
+        2. A "core" MILP over the few columns of least reduced cost per matrix (plus each matrix's lightest, so it is
+           feasible): its optimum is a feasible solution, hence an upper bound UB, usually within a hair of LB.
+        3. A column with rc > UB − LB can never be in an optimum (it alone would push the cost above UB), so the final
+           MILP over the remaining columns is exact — and typically has a few hundred columns instead of ~20,000.
+        """
         m = len(self._candidates)
         cols = np.concatenate(self._candidates)
         rows = np.repeat(np.arange(m), [len(c) for c in self._candidates])
-        # Subtracting each matrix's least damage changes no argmin (one option per matrix) and, with the rescaling
-        # below, keeps HiGHS's absolute tolerances meaningful at high budgets where all damages are tiny.
+        # Subtracting each matrix's least damage changes no argmin (one option per matrix); the rescaling below
+        # makes the objective O(1), so HiGHS's absolute tolerances stay meaningful at every budget.
         cost = self._damage[rows, cols] - self._damage.min(1)[rows]
+        cost = cost / max(cost.max(), 1e-300)
         weight = (self._numel[rows] / self._numel.sum()) * (self._bits_int[cols] / BITS_DENOMINATOR)
-        one_each = sp.csr_array((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(m, rows.size))
+        lp = _lp(rows, cost, weight, capacity, m)
+        if lp.status == 0 and lp.fun > 0:
+            cost = cost / lp.fun
+            lp = _lp(rows, cost, weight, capacity, m)
         keep = np.ones(rows.size, dtype=bool)
-        for _ in range(2):  # the first LP sets the scale, the second filters at that scale
-            lp = linprog(cost, A_ub=weight[None, :], b_ub=[capacity], A_eq=one_each, b_eq=np.ones(m),
-                         bounds=(0, 1), method="highs")
-            if lp.status != 0:
-                break
-            upper = _greedy_upper_bound(rows, cost, weight, capacity, lp.x, m)
-            if not np.isfinite(upper) or upper <= 0:
-                break
-            if abs(upper - 1.0) > 1e-3:
-                cost = cost / upper
-                continue
+        if lp.status == 0:
             reduced = cost - lp.eqlin.marginals[rows] - lp.ineqlin.marginals[0] * weight
-            keep = reduced <= (upper - lp.fun) + 1e-6
-            break
-        rows, cols, cost, weight = rows[keep], cols[keep], cost[keep], weight[keep]
-        one_each = sp.csr_array((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(m, rows.size))
-        res = milp(
-            cost,
-            integrality=np.ones(rows.size),
-            bounds=Bounds(0, 1),
-            constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(weight[None, :], -np.inf, capacity)],
-            options={"mip_rel_gap": 0.0, "time_limit": time_limit},
-        )
-        if res.x is None:
-            raise RuntimeError(f"HiGHS found no allocation ({res.message}).")
-        picked = res.x > 0.5
+            core = _core_columns(rows, reduced, weight, m)
+            core_choice = _milp(rows[core], cost[core], weight[core], capacity, m, time_limit)
+            upper = float(cost[core][core_choice].sum())
+            keep = reduced <= (upper - lp.fun) + 1e-7 * max(1.0, abs(upper))
+        picked = _milp(rows[keep], cost[keep], weight[keep], capacity, m, time_limit)
         choice = np.empty(m, dtype=np.int64)
-        choice[rows[picked]] = cols[picked]
+        choice[rows[keep][picked]] = cols[keep][picked]
         return choice
 
 
-def _greedy_upper_bound(rows, cost, weight, capacity, lp_x, m: int, max_moves: int = 500) -> float:
-    """Cost of a feasible solution near the LP optimum: round each matrix down to the cheapest option no heavier
-    than its LP mix (the LP has at most two fractional columns), then spend the freed budget on the best single-matrix
-    upgrades that still fit."""
-    lp_weight = np.bincount(rows, weights=weight * lp_x, minlength=m)
-    ok = weight <= lp_weight[rows] + 1e-12
-    masked = np.where(ok, cost, np.inf)
-    order = np.lexsort((masked, rows))
-    first = np.searchsorted(rows[order], np.arange(m))
-    choice = order[first]  # column chosen for each matrix
-    if not np.isfinite(masked[choice]).all():
-        return np.inf
-    left = capacity - weight[choice].sum()
-    for _ in range(max_moves):
-        gain = cost - cost[choice[rows]]
-        fits = (weight - weight[choice[rows]] <= left) & (gain < 0)
-        if not fits.any():
-            break
-        j = np.flatnonzero(fits)[np.argmin(gain[fits])]
-        left -= weight[j] - weight[choice[rows[j]]]
-        choice[rows[j]] = j
-    return float(cost[choice].sum())
+def _lp(rows, cost, weight, capacity, m):
+    one_each = sp.csr_array((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(m, rows.size))
+    return linprog(cost, A_ub=weight[None, :], b_ub=[capacity], A_eq=one_each, b_eq=np.ones(m), bounds=(0, 1),
+                   method="highs")
+
+
+def _milp(rows, cost, weight, capacity, m, time_limit) -> np.ndarray:
+    """Indices of the chosen columns (one per matrix) of the MILP over the given columns."""
+    one_each = sp.csr_array((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(m, rows.size))
+    res = milp(
+        cost,
+        integrality=np.ones(rows.size),
+        bounds=Bounds(0, 1),
+        constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(weight[None, :], -np.inf, capacity)],
+        options={"mip_rel_gap": 0.0, "time_limit": time_limit},
+    )
+    if res.x is None:
+        raise RuntimeError(f"HiGHS found no allocation ({res.message}).")
+    return np.flatnonzero(res.x > 0.5)
+
+
+def _core_columns(rows, reduced, weight, m: int, per_matrix: int = 4) -> np.ndarray:
+    """Mask: each matrix's ``per_matrix`` columns of least reduced cost, and its lightest column."""
+    order = np.lexsort((reduced, rows))
+    start = np.searchsorted(rows[order], np.arange(m))
+    rank = np.arange(rows.size) - np.repeat(start, np.diff(np.append(start, rows.size)))
+    core = np.zeros(rows.size, dtype=bool)
+    core[order[rank < per_matrix]] = True
+    lightest = np.lexsort((weight, rows))
+    core[lightest[np.searchsorted(rows[lightest], np.arange(m))]] = True
+    return core
 
 
 def allocate(layout: ModelLayout, damage: torch.Tensor, budget: float) -> Allocation:

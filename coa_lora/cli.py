@@ -45,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--config", type=Path, required=True, help="configuration JSON written by `allocate --out`")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
+
+    p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy and held-out perplexity of a configuration")
+    _add_model_args(p)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--budget", type=float, help="evaluate the allocator's configuration at this many bits")
+    which.add_argument("--config", type=Path, help="evaluate a configuration JSON written by `allocate --out`")
+    which.add_argument("--full-precision", action="store_true", help="evaluate the unquantized model (default)")
+    p.add_argument("--tasks", required=True,
+                   help="comma-separated: embedded tasks, harness tasks (need internet), ppl, or JSONL file paths")
+    p.add_argument("--limit", type=int, help="first N items per task (windows per held-out play for ppl)")
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reusing ~/.cache/coa_lora/evals")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return parser
 
 
@@ -57,6 +69,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _allocate(args)
         if args.command == "show":
             return _show(args)
+        if args.command == "eval":
+            return _eval(args)
     except (CliError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -152,3 +166,46 @@ def format_summary(allocation, layout) -> str:
     for layer, bits in by_layer.items():
         lines.append(f"{layer:5d}  {bits:8.3f}  {' '.join(rows[layer])}")
     return "\n".join(lines)
+
+
+def _eval(args) -> int:
+    from .config import ModelConfig
+    from .evaluator import PERPLEXITY_TASK, Evaluator, default_cache_dir, results_json, results_table
+    from .mc_tasks import load_task
+    from .progress import tqdm_progress
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise CliError("--tasks is empty; name at least one task (an embedded task, a harness task, ppl or a file).")
+    if args.limit is not None and args.limit < 1:
+        raise CliError(f"--limit must be a positive integer, got {args.limit}.")
+    for task in tasks:  # unknown names and malformed files fail before the model loads
+        if task != PERPLEXITY_TASK:
+            load_task(task, args.limit)
+    wb = _workbench(args)
+    config = None
+    if args.budget is not None:
+        config = wb.allocate(args.budget).config
+    elif args.config is not None:
+        try:
+            config = ModelConfig.from_json(args.config.read_text(), wb.layout)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"Cannot read the configuration file {args.config} ({exc.__class__.__name__}).") from None
+    evaluator = Evaluator(wb, cache_dir=None if args.no_cache else default_cache_dir())
+    results = {}
+    for task in tasks:
+        with tqdm_progress(task) as progress:
+            results[task] = evaluator.run(task, config, limit=args.limit, progress=progress)
+    if args.json:
+        print(json.dumps({
+            "model": wb.layout.model_id,
+            "config": "full-precision" if config is None else config.key(),
+            "avg_bits": None if config is None else config.avg_bits,
+            "limit": args.limit,
+            "results": results_json(results),
+        }))
+    else:
+        label = "full precision" if config is None else f"{config.avg_bits:.3f} average bits ({config.key()})"
+        print(f"{wb.layout.model_id}, {label}")
+        print(results_table(results).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+    return 0

@@ -73,26 +73,25 @@ def matrix_damage(
     Args:
         weight: the matrix (any shape), float.
         importance: optional non-negative element weights, same shape (a diagonal Fisher estimate).
-        options: the options to evaluate.
+        options: the options to return, in this order.
 
     Returns:
         ``(len(options),)`` float64.
     """
-    wanted = set(options)
-    out = {}
+    tables = [nf_table(b) for b in BITS]
+    scale_settings = list(itertools.product(SCALE_BITS, SCALE_DTYPES, SCALE_BLOCK_SIZES))
+    out: dict[QuantOption, float] = {}
     for block_size in BLOCK_SIZES:
         blocks = to_blocks(weight, block_size)
         imp = None if importance is None else to_blocks(importance, block_size)
         absmax = blocks.abs().amax(1)
-        for scale_bits, scale_dtype, scale_block in itertools.product(SCALE_BITS, SCALE_DTYPES, SCALE_BLOCK_SIZES):
-            group = [QuantOption(b, scale_bits, scale_dtype, block_size, scale_block) for b in BITS]
-            if not wanted.intersection(group):
-                continue
-            codes, gmax, offset = quantize_scales(absmax, scale_bits, scale_block, TORCH_DTYPES[scale_dtype])
-            scales = dequantize_scales(codes, gmax, offset, scale_bits, scale_block)[:, None]
-            for option in group:
-                if option in wanted:
-                    out[option] = kernels.squared_error(blocks, scales, nf_table(option.bits), imp)
+        scales = torch.stack([
+            dequantize_scales(*quantize_scales(absmax, b0, b1, TORCH_DTYPES[s]), b0, b1) for b0, s, b1 in scale_settings
+        ])
+        errors = kernels.squared_errors(blocks, scales[:, :, None], tables, imp).tolist()
+        for (b0, s, b1), row in zip(scale_settings, errors):
+            for bits, e in zip(BITS, row):
+                out[QuantOption(bits, b0, s, block_size, b1)] = e
     return torch.tensor([out[o] for o in options], dtype=torch.float64)
 
 

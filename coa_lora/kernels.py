@@ -76,6 +76,19 @@ def _squared_error(blocks, scale, inv_scale, base, thresholds, codebook, importa
     return sq.sum(dtype=torch.float64)
 
 
+def _squared_errors(blocks, scales, bases, thresholds, codebooks, importance):
+    inv = torch.where(scales > 0, 1.0 / scales, torch.zeros_like(scales))
+    y = blocks[None] * inv  # (S, n_blocks, block_size), fused away by the compiler
+    j = ((y + 1) * (LUT_BINS / 2)).to(torch.int64).clamp(0, LUT_BINS - 1)
+    out = []
+    for k in range(bases.shape[0]):
+        codes = bases[k][j] + (y > thresholds[k][j, 0]).to(torch.int32) + (y > thresholds[k][j, 1]).to(torch.int32)
+        diff = blocks[None] - codebooks[k][codes] * scales
+        sq = diff * diff if importance is None else diff * diff * importance[None]
+        out.append(sq.sum(dim=(1, 2), dtype=torch.float64))
+    return torch.stack(out, 1)
+
+
 _device_tables: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
 
 
@@ -135,3 +148,25 @@ def squared_error(
     """
     base, thresholds, codebook = _tables(table, blocks.device)
     return float(_run(_squared_error, blocks, scale, safe_inverse(scale), base, thresholds, codebook, importance))
+
+
+def squared_errors(
+    blocks: torch.Tensor, scales: torch.Tensor, tables: list[NFTable], importance: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """:func:`squared_error` for many scale variants and codebooks in one fused pass (the damage table's kernel).
+
+    Args:
+        blocks: ``(n_blocks, block_size)`` float32.
+        scales: ``(S, n_blocks, 1)`` float32: S variants of the block scales (e.g. double-quantization settings).
+        tables: K NF tables.
+        importance: optional ``(n_blocks, block_size)`` non-negative weights.
+
+    Returns:
+        ``(S, K)`` float64 errors.
+    """
+    per_table = [_tables(t, blocks.device) for t in tables]
+    bases = torch.stack([t[0] for t in per_table])
+    thresholds = torch.stack([t[1] for t in per_table])
+    size = max(t[2].numel() for t in per_table)
+    codebooks = torch.stack([torch.nn.functional.pad(t[2], (0, size - t[2].numel())) for t in per_table])
+    return _run(_squared_errors, blocks, scales, bases, thresholds, codebooks, importance)

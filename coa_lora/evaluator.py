@@ -1,0 +1,200 @@
+"""Live evaluation: run a task under a configuration and remember the answer.
+
+The app moves a slider between configurations; coming back to one already evaluated must be instant. An
+:class:`Evaluator` caches every result by (model, dtype, configuration key, adapter key, task name and content
+fingerprint, item limit) in memory and, when given a folder, as one JSON file per result (default folder
+``~/.cache/coa_lora/evals``). Long runs report progress and stop between batches when ``should_stop()`` is true.
+
+    ev = Evaluator(Workbench.load("smollm2"), cache_dir=default_cache_dir())
+    ev.run("hyperbaton", config=wb.allocate(3.0).config, limit=200, progress=cb, should_stop=event.is_set)
+    ev.run("ppl", limit=4)   # perplexity on the held-out plays, 4 windows per play
+
+Adapters are applied by their owner, not here: activate the adapter on ``workbench.model`` and pass its hash as
+``adapter_key`` so its results are cached apart from the bare model's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+from .evaluate import TaskResult, evaluate_task
+from .loglik import ScoringOptions, StopFn
+from .mc_tasks import HARNESS_TASKS, Task, embedded_tasks, load_task
+from .perplexity import PerplexityOptions, PerplexityResult, fingerprint, heldout_perplexity, heldout_windows
+from .progress import ProgressFn
+from .storage import write_json
+
+PERPLEXITY_TASK = "ppl"
+# Bump when a change to scoring or windowing changes numbers: old disk entries then stop matching.
+SCORING_VERSION = 1
+Result = Union[TaskResult, PerplexityResult]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Batching of the multiple-choice scorer and windowing of perplexity."""
+
+    scoring: ScoringOptions = ScoringOptions()
+    perplexity: PerplexityOptions = PerplexityOptions()
+
+
+def default_cache_dir() -> Path:
+    """``<coa_lora cache>/evals`` (see :func:`coa_lora.assets.cache_dir`)."""
+    from .assets import cache_dir
+
+    return cache_dir() / "evals"
+
+
+class Evaluator:
+    """Evaluates tasks on a :class:`~coa_lora.Workbench`'s model under any configuration, with a result cache.
+
+    Not thread-safe: one evaluation at a time per workbench (it swaps the model's weights while it runs).
+    """
+
+    def __init__(self, workbench, options: EvalOptions = EvalOptions(), cache_dir: Optional[Path] = None):
+        self.workbench = workbench
+        self.options = options
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._memory: dict[str, Result] = {}
+        self._tasks: dict[tuple[str, Optional[int]], Task] = {}
+        self._ppl_fingerprints: dict[Optional[int], str] = {}
+
+    def key(self, task: str, config=None, adapter_key: Optional[str] = None, limit: Optional[int] = None) -> str:
+        """The cache key of a result (a JSON string; the disk file is named by its hash)."""
+        model = self.workbench.model
+        content = self._perplexity_fingerprint(limit) if task == PERPLEXITY_TASK else self.task(task, limit).fingerprint
+        return json.dumps({
+            "version": SCORING_VERSION,
+            "model": self.workbench.layout.model_id,
+            "dtype": str(next(model.parameters()).dtype),
+            "config": config.key() if config is not None else "full-precision",
+            "adapter": adapter_key,
+            "task": task,
+            "content": content,
+            "limit": limit,
+        }, sort_keys=True)
+
+    def cached(self, task: str, config=None, adapter_key: Optional[str] = None,
+               limit: Optional[int] = None) -> Optional[Result]:
+        """The stored result, or None; never computes."""
+        key = self.key(task, config, adapter_key, limit)
+        if key not in self._memory and self.cache_dir is not None:
+            found = self._read(key)
+            if found is not None:
+                self._memory[key] = found
+        return self._memory.get(key)
+
+    def run(
+        self,
+        task: str,
+        config=None,
+        adapter_key: Optional[str] = None,
+        limit: Optional[int] = None,
+        progress: Optional[ProgressFn] = None,
+        should_stop: Optional[StopFn] = None,
+    ) -> Result:
+        """The result of ``task`` (``"ppl"``, an embedded or harness task, or a JSONL path) under ``config``.
+
+        ``config`` None means full precision. ``limit`` is items (multiple choice) or windows per play (``"ppl"``).
+        A cached result returns at once; a cancelled run raises ``EvaluationCancelled`` and caches nothing.
+        """
+        found = self.cached(task, config, adapter_key, limit)
+        if found is not None:
+            return found
+        wb = self.workbench
+        with _configured(wb.qmodel, config):
+            if task == PERPLEXITY_TASK:
+                result = heldout_perplexity(wb.model, wb.tokenizer, self.options.perplexity, limit, progress,
+                                            should_stop)
+            else:
+                result = evaluate_task(wb.model, wb.tokenizer, self.task(task, limit), self.options.scoring,
+                                       progress, should_stop)
+        key = self.key(task, config, adapter_key, limit)
+        self._memory[key] = result
+        if self.cache_dir is not None:
+            kind = "perplexity" if isinstance(result, PerplexityResult) else "multiple_choice"
+            write_json(self._path(key), {"key": json.loads(key), "kind": kind, "result": result.to_dict()})
+        return result
+
+    def task(self, name: str, limit: Optional[int] = None) -> Task:
+        """The loaded task; embedded and hub tasks are read once, JSONL files every time (they may be edited)."""
+        if name not in embedded_tasks() and name not in HARNESS_TASKS:
+            return load_task(name, limit)
+        if (name, limit) not in self._tasks:
+            self._tasks[(name, limit)] = load_task(name, limit)
+        return self._tasks[(name, limit)]
+
+    def _perplexity_fingerprint(self, limit: Optional[int]) -> str:
+        if limit not in self._ppl_fingerprints:
+            windows = heldout_windows(self.workbench.tokenizer, self.options.perplexity, limit)
+            self._ppl_fingerprints[limit] = fingerprint(windows)
+        return self._ppl_fingerprints[limit]
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+    def _read(self, key: str) -> Optional[Result]:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+            if data.get("key") != json.loads(key):
+                return None  # a hash collision or a foreign file: recompute
+            if data["kind"] == "perplexity":
+                return PerplexityResult.from_dict(data["result"])
+            return TaskResult.from_dict(data["result"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # an unreadable or outdated entry is recomputed and overwritten
+
+
+@contextmanager
+def _configured(qmodel, config) -> Iterator[None]:
+    """Run the block under ``config`` (None: full precision), then put back whatever was applied before."""
+    previous = qmodel.config
+    if config is None:
+        qmodel.restore_()
+    else:
+        qmodel.apply_(config)
+    try:
+        yield
+    finally:
+        if previous is None:
+            qmodel.restore_()
+        else:
+            qmodel.apply_(previous)
+
+
+def results_table(results: dict[str, Result]):
+    """A pandas DataFrame with one row per (task, metric): columns task, metric, value, stderr, n.
+
+    Multiple-choice tasks give ``acc`` and ``acc_norm`` rows (n = items); perplexity gives a ``perplexity`` row
+    (n = scored tokens, no standard error).
+    """
+    import pandas as pd
+
+    rows = []
+    for name, result in results.items():
+        if isinstance(result, PerplexityResult):
+            rows.append((name, "perplexity", result.perplexity, None, result.n_tokens))
+        else:
+            rows.append((name, "acc", result.acc, result.acc_stderr, result.n))
+            rows.append((name, "acc_norm", result.acc_norm, result.acc_norm_stderr, result.n))
+    return pd.DataFrame(rows, columns=["task", "metric", "value", "stderr", "n"])
+
+
+def results_json(results: dict[str, Result]) -> dict:
+    """Per task: ``{acc, acc_stderr, acc_norm, acc_norm_stderr, chance, n}``, or for ``"ppl"``
+    ``{perplexity, loss, n_tokens, n_windows}``; per-item records are left out (see ``TaskResult.items``)."""
+    out = {}
+    for name, result in results.items():
+        d = result.to_dict()
+        d.pop("items", None)
+        d.pop("format_version", None)
+        d.pop("task", None)
+        out[name] = d
+    return out

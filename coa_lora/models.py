@@ -1,0 +1,201 @@
+"""Models by name, and the target matrices the quantizer and the adapter act on (METHOD.md §2).
+
+A model name is one of:
+
+* ``"smollm2"``: the embedded SmolLM2-135M-Instruct, converted once by ``python -m coa_lora prepare``;
+* ``"tiny"``: a 2-layer random Llama built in code (:func:`tiny_model`), for tests and demos in seconds;
+* a local folder holding a transformers ``config.json``;
+* otherwise a Hugging Face model id, downloaded by transformers (needs internet on the user's machine).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import Target
+
+SMOLLM2 = "smollm2"
+TINY = "tiny"
+# Llama, Qwen2, Mistral, Gemma and friends all name their block linears this way.
+LLAMA_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_ALLOWED = (f"'{SMOLLM2}' (embedded SmolLM2-135M-Instruct), '{TINY}' (random test model), a local folder with a "
+            "config.json, or a Hugging Face model id")
+
+__all__ = ["LLAMA_KINDS", "SMOLLM2", "TINY", "Target", "find_targets", "load_model", "load_tokenizer", "model_id",
+           "tiny_model", "weight_hash"]
+
+
+def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The causal LM ``name`` on ``device`` in ``dtype``, in eval mode with every parameter frozen.
+
+    Raises:
+        AssetMissingError: ``"smollm2"`` is not prepared yet.
+        ValueError: ``name`` is neither a known name, nor a folder with config.json, nor a loadable hub id.
+    """
+    if name == TINY:
+        model = tiny_model(dtype=dtype)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        source = _resolve(name)
+        try:
+            with hf_progress_bars_off():
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise _load_error(name, exc) from exc
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of model ``name`` (same resolution as :func:`load_model`; ``"tiny"`` uses SmolLM2's)."""
+    from transformers import AutoTokenizer
+
+    source = _resolve(SMOLLM2 if name == TINY else name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise _load_error(name, exc) from exc
+
+
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A tiny randomly initialised ``LlamaForCausalLM``, the same for the same seed, leaving the global RNG untouched.
+
+    Its vocabulary is SmolLM2's (49,152 tokens) so it runs on real tokenised text. Target shapes are q/o 96×96,
+    k/v 48×96, gate/up 160×96, down 96×160: none is a multiple of 64·256 weights, so quantizer padding is exercised.
+    Returned in train mode like any freshly built model; :func:`load_model` ("tiny") gives the frozen eval version.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=49152,  # SmolLM2's tokenizer
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,  # head_dim 24
+        num_key_value_heads=2,  # grouped-query attention, like SmolLM2
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    # transformers initialises weights from the global CPU generator: fork it so callers' RNG streams are unchanged.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    return model.to(dtype)
+
+
+def model_id(name: str) -> str:
+    """A stable display name: ``SmolLM2-135M-Instruct``, ``tiny-llama``, the absolute folder, or the hub id."""
+    if name == SMOLLM2:
+        return "SmolLM2-135M-Instruct"
+    if name == TINY:
+        return "tiny-llama"
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
+
+
+def weight_hash(model: nn.Module, names: Iterable[str] | None = None) -> str:
+    """sha256 hex digest of parameters' names, dtypes, shapes and bytes, over ``names`` sorted (all when None).
+
+    ``names`` are parameter names as in ``model.named_parameters()`` (``model.layers.0.self_attn.q_proj.weight``).
+    Hashes about 2 GB/s, so SmolLM2's 135M float32 parameters take a few hundred milliseconds.
+    """
+    params = dict(model.named_parameters())
+    chosen = sorted(params) if names is None else sorted(set(names))
+    unknown = [n for n in chosen if n not in params]
+    if unknown:
+        raise ValueError(f"Unknown parameter names {unknown[:3]}; use names from model.named_parameters().")
+    h = hashlib.sha256()
+    for name in chosen:
+        t = params[name].detach()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
+        # Bytes via a uint8 view: works for bfloat16, which numpy cannot represent.
+        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def find_targets(model: nn.Module) -> list[Target]:
+    """The linear layers to quantize, ordered by block index then by module order inside the block.
+
+    The decoder blocks are the ``nn.ModuleList`` holding the most parameters (``model.layers`` for Llama). Inside it,
+    Llama-style names (:data:`LLAMA_KINDS`) are taken when present; otherwise every ``nn.Linear`` of the blocks.
+    Embeddings, norms and ``lm_head`` live outside the blocks and are never targets.
+
+    Raises:
+        ValueError: the model has no repeated blocks, or no linear layer inside them.
+    """
+    prefix, blocks = _decoder_blocks(model)
+    found = [
+        Target(f"{prefix}.{layer}.{sub}", tuple(module.weight.shape), layer, sub.rsplit(".", 1)[-1])
+        for layer, block in enumerate(blocks)
+        for sub, module in block.named_modules()
+        if isinstance(module, nn.Linear)
+    ]
+    llama = [t for t in found if t.kind in LLAMA_KINDS]
+    targets = llama or found
+    if not targets:
+        raise ValueError(f"No linear layer found inside the decoder blocks '{prefix}' of {type(model).__name__}; "
+                         "only models whose blocks use nn.Linear can be quantized.")
+    return targets
+
+
+@contextmanager
+def hf_progress_bars_off() -> Iterator[None]:
+    """Turn transformers' progress bars and the hub client's retry warnings off for the block: the library reports
+    through its progress callbacks, and a failed download ends in one ValueError sentence, not a page of retries."""
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hub_level = hub_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(hub_level)
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    best, best_size = None, 0
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:  # strict: an outer list wins over an equally sized list nested inside it
+                best, best_size = (name, module), size
+    if best is None:
+        raise ValueError(f"No repeated decoder blocks (an nn.ModuleList of layers) found in {type(model).__name__}; "
+                         "cannot tell which matrices to quantize.")
+    return best
+
+
+def _resolve(name: str) -> str:
+    """What to pass to ``from_pretrained``: the prepared SmolLM2 folder, a local folder, or the hub id."""
+    if name == SMOLLM2:
+        from .assets import smollm2_dir
+
+        return str(smollm2_dir())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"Model folder {path} has no config.json; use {_ALLOWED}.")
+        return str(path)
+    # "org/model" could be either; more slashes, or a leading / . ~, can only be a path.
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise ValueError(f"Unknown model {name!r}: no such folder; use {_ALLOWED}.")
+    return name
+
+
+def _load_error(name: str, exc: Exception) -> ValueError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ValueError(f"Unknown model {name!r}: it is not a prepared model or a local folder, and it could not be "
+                      f"loaded from the Hugging Face hub ({reason}); use {_ALLOWED}.")

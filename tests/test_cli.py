@@ -1,0 +1,52 @@
+"""The CLI end to end on the tiny model, in a subprocess, with the cache in a temp folder."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cache):
+    # The tiny model needs no prepared assets; a private cache keeps its damage tables out of the user's.
+    # HF_HUB_OFFLINE: this machine has no internet, so an unknown hub id should fail at once, not after retries.
+    env = {**os.environ, "COA_LORA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "coa_lora", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("damage")
+
+
+def test_allocate_json_and_out(cache, tmp_path):
+    out = tmp_path / "cfg.json"
+    r = run("allocate", "--model", "tiny", "--budget", "3.0", "--json", "--out", str(out), cache=cache)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert {"avg_bits", "size_bytes", "damage", "config"} <= set(result)
+    assert result["avg_bits"] <= 3.0 and result["size_bytes"] < result["full_size_bytes"]
+    assert json.loads(out.read_text())["options"] == result["config"]["options"]
+    shown = run("show", "--model", "tiny", "--config", str(out), "--json", cache=cache)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["damage"] == pytest.approx(result["damage"])
+
+
+def test_summary(cache):
+    r = run("allocate", "--model", "tiny", "--budget", "2.5", cache=cache)
+    assert r.returncode == 0, r.stderr
+    assert "average bits per weight" in r.stdout and "MiB unquantized" in r.stdout
+    assert len(r.stdout.splitlines()) == 3 + 2  # header lines + one line per block
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["allocate", "--model", "tiny", "--budget", "1.0"], "feasible range"),
+    (["allocate", "--model", "tiny", "--budget", "9"], "feasible range"),
+    (["allocate", "--model", "no-such-model-anywhere", "--budget", "3"], "smollm2"),
+    (["show", "--model", "tiny", "--config", "/nonexistent/cfg.json"], "Cannot read"),
+])
+def test_bad_input_is_one_sentence(cache, args, needle):
+    r = run(*args, cache=cache)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from coa_lora import QuantOption, fisher_diagonal, layout_of, matrix_damage, quantization_error
+from coa_lora.damage import load_or_compute
+from coa_lora.models import load_model
+from coa_lora.space import ALL_OPTIONS
+
+
+def test_matrix_damage_equals_per_option_error():
+    w = torch.randn(48, 80, generator=torch.Generator().manual_seed(0))
+    d = matrix_damage(w)
+    assert d.shape == (432,)
+    for k in (0, 77, 200, 431):
+        assert d[k].item() == pytest.approx(quantization_error(w, ALL_OPTIONS[k]), rel=1e-6)
+    subset = [QuantOption(bits=2), QuantOption(bits=8)]
+    assert matrix_damage(w, options=subset).tolist() == pytest.approx([d[ALL_OPTIONS.index(o)].item() for o in subset])
+
+
+def test_table_is_cached_and_keyed_by_weights(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    weights = {"a": torch.randn(32, 64, generator=g), "b": torch.randn(16, 64, generator=g)}
+    first = load_or_compute(weights, tmp_path)
+    files = list(tmp_path.glob("damage-*.safetensors"))
+    assert len(files) == 1
+    again = load_or_compute(weights, tmp_path)
+    assert torch.equal(again.values, first.values) and again.key == first.key
+    weights["a"][0, 0] += 1.0
+    changed = load_or_compute(weights, tmp_path)
+    assert changed.key != first.key and len(list(tmp_path.glob("damage-*.safetensors"))) == 2
+    # A corrupt cache entry is recomputed, never trusted.
+    files[0].write_bytes(b"not a safetensors file")
+    weights["a"][0, 0] -= 1.0
+    assert torch.equal(load_or_compute(weights, tmp_path).values, first.values)
+
+
+def test_fisher_is_nonnegative_and_restores_flags():
+    model = load_model("tiny")
+    layout = layout_of(model, "tiny")
+    ids = torch.randint(0, 49152, (3, 16), generator=torch.Generator().manual_seed(0))
+    fisher = fisher_diagonal(model, layout.names, ids)
+    assert set(fisher) == set(layout.names)
+    for name, f in fisher.items():
+        assert f.shape == model.get_submodule(name).weight.shape and (f >= 0).all() and f.sum() > 0
+    assert not any(p.requires_grad for p in model.parameters())
+    # Weighting changes which option hurts most on a matrix but not the ordering of NF bits.
+    w = model.get_submodule(layout.names[0]).weight
+    weighted = matrix_damage(w, fisher[layout.names[0]])
+    assert not torch.allclose(weighted / weighted.sum(), matrix_damage(w) / matrix_damage(w).sum())
