@@ -26,14 +26,20 @@ def compile_enabled() -> bool:
     return os.environ.get("COA_LORA_COMPILE", "1") != "0" and not _compile_failed
 
 
+# Bit widths and block sizes are compile-time constants of the kernels (each pair gets its own specialised graph):
+# 4 widths x 3 block sizes exceed dynamo's default of 8 graphs per function, after which it would silently run eager.
+RECOMPILE_LIMIT = 64
+
+
 def _run(fn: Callable, *args):
-    """Run ``fn`` compiled (once per function) when compilation is enabled, else eagerly."""
+    """Run ``fn`` compiled (one compiled function per kernel) when compilation is enabled, else eagerly."""
     global _compile_failed
     if compile_enabled():
         if fn.__name__ not in _compiled:
             _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
         try:
-            return _compiled[fn.__name__](*args)
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return _compiled[fn.__name__](*args)
         except Exception as exc:  # noqa: BLE001 — inductor raises many types; we surface it and run eagerly.
             _compile_failed = True
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); using eager kernels.", stacklevel=3)
@@ -46,10 +52,10 @@ def _lut_codes(y: torch.Tensor, base: torch.Tensor, thresholds: torch.Tensor) ->
     return base[j] + (y > thresholds[j, 0]).to(torch.int32) + (y > thresholds[j, 1]).to(torch.int32)
 
 
-def _encode_packed(blocks, inv_scale, base, thresholds, bits: int):
-    group, nbytes = group_size(bits)
+def _encode_packed(blocks, inv_scale, base, thresholds, bits: int, group: int, nbytes: int):
     y = (blocks * inv_scale).view(blocks.shape[0], -1, group)
     codes = _lut_codes(y, base, thresholds)
+    # Unrolled over the (static) group: the compiler then emits one straight-line vectorised loop.
     word = codes[..., 0] << (bits * (group - 1))
     for k in range(1, group):
         word = word | (codes[..., k] << (bits * (group - 1 - k)))
@@ -57,8 +63,7 @@ def _encode_packed(blocks, inv_scale, base, thresholds, bits: int):
     return torch.stack(parts, -1).to(torch.uint8).reshape(-1)
 
 
-def _decode_packed(packed, scales, codebook, bits: int, block_size: int):
-    group, nbytes = group_size(bits)
+def _decode_packed(packed, scales, codebook, bits: int, block_size: int, group: int, nbytes: int):
     p = packed.view(scales.shape[0], block_size // group, nbytes).to(torch.int32)
     word = p[..., 0] << (8 * (nbytes - 1))
     for j in range(1, nbytes):
@@ -119,7 +124,8 @@ def encode_packed(blocks: torch.Tensor, scale: torch.Tensor, table: NFTable) -> 
         ``(n_blocks * block_size * bits / 8,)`` uint8.
     """
     base, thresholds, _ = _tables(table, blocks.device)
-    return _run(_encode_packed, blocks, safe_inverse(scale), base, thresholds, table.bits)
+    group, nbytes = group_size(table.bits)
+    return _run(_encode_packed, blocks, safe_inverse(scale), base, thresholds, table.bits, group, nbytes)
 
 
 def decode_packed(packed: torch.Tensor, scales: torch.Tensor, table: NFTable, block_size: int) -> torch.Tensor:
@@ -133,7 +139,8 @@ def decode_packed(packed: torch.Tensor, scales: torch.Tensor, table: NFTable, bl
         ``(n_blocks * block_size,)`` float32.
     """
     _, _, codebook = _tables(table, packed.device)
-    return _run(_decode_packed, packed, scales, codebook, table.bits, block_size)
+    group, nbytes = group_size(table.bits)
+    return _run(_decode_packed, packed, scales, codebook, table.bits, block_size, group, nbytes)
 
 
 def squared_error(

@@ -170,3 +170,18 @@ def quantization_error(weight: torch.Tensor, option: QuantOption, importance: to
     scales = block_scales(blocks, option)[0]
     imp = None if importance is None else to_blocks(importance, option.block_size)
     return kernels.squared_error(blocks, scales[:, None], nf_table(option.bits), imp)
+
+
+def warm_up(device: str | torch.device = "cpu") -> None:
+    """Compile the quantizer's kernels for every (bits, block size) once, on a small matrix.
+
+    Compilation is a one-off per process (seconds per variant, faster once inductor's on-disk cache is warm); call
+    this at start-up so that the first real configuration switch is not charged for it.
+    """
+    from .space import BITS, BLOCK_SIZES
+
+    # An odd size, so that no dimension coincides with a block size (dynamo would specialise on the coincidence).
+    w = torch.randn(37, 100, generator=torch.Generator().manual_seed(0)).to(device)
+    for bits in BITS:
+        for block_size in BLOCK_SIZES:
+            dequantize(quantize(w, QuantOption(bits=bits, block_size=block_size)))
