@@ -9,8 +9,11 @@ arithmetic (every bits-per-weight is a multiple of 1/16384), never trusting the 
 """
 from __future__ import annotations
 
+import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -73,6 +76,7 @@ class Allocator:
         self._candidates = [_pareto_options(row, self._bits_int, allowed) for row in self._damage]
         self.min_bits = float((self._numel * self._bits_int.min()).sum() / self._numel.sum() / BITS_DENOMINATOR)
         self.max_bits = float((self._numel * self._bits_int.max()).sum() / self._numel.sum() / BITS_DENOMINATOR)
+        self._solved: dict[float, Allocation] = {}  # budget -> answer: a slider revisiting a budget is instant
 
     @property
     def budget_range(self) -> tuple[float, float]:
@@ -85,6 +89,8 @@ class Allocator:
                 f"Budget {budget} bits is outside the feasible range [{self.min_bits:.4f}, {self.max_bits:.4f}] "
                 "bits per weight."
             )
+        if budget in self._solved:
+            return self._solved[budget]
         total = int(self._numel.sum())
         limit = int(np.floor(budget * BITS_DENOMINATOR * total + 1e-6))  # exact integer capacity
         slack = 0.0
@@ -94,7 +100,8 @@ class Allocator:
             if used <= limit:
                 config = ModelConfig(self.layout, tuple(self.options[k] for k in choice))
                 dmg = float(self._damage[np.arange(len(choice)), choice].sum())
-                return Allocation(budget, config, dmg)
+                self._solved[budget] = Allocation(budget, config, dmg)
+                return self._solved[budget]
             # The solver met the constraint only within its tolerance: tighten by the overshoot and solve again.
             slack += (used - limit) / (BITS_DENOMINATOR * total) + 1e-9
         raise RuntimeError(f"HiGHS kept exceeding the budget {budget}; this should not happen, please report it.")
@@ -141,16 +148,33 @@ def _lp(rows, cost, weight, capacity, m):
                    method="highs")
 
 
+@contextmanager
+def _native_stdout_silenced() -> Iterator[None]:
+    """HiGHS's C++ core prints diagnostics straight to file descriptor 1 even with ``disp=False``; route them to
+    /dev/null for the solve so they never mix with a command's output (e.g. ``--json``)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _milp(rows, cost, weight, capacity, m, time_limit) -> np.ndarray:
     """Indices of the chosen columns (one per matrix) of the MILP over the given columns."""
     one_each = sp.csr_array((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(m, rows.size))
-    res = milp(
-        cost,
-        integrality=np.ones(rows.size),
-        bounds=Bounds(0, 1),
-        constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(weight[None, :], -np.inf, capacity)],
-        options={"mip_rel_gap": 0.0, "time_limit": time_limit},
-    )
+    with _native_stdout_silenced():
+        res = milp(
+            cost,
+            integrality=np.ones(rows.size),
+            bounds=Bounds(0, 1),
+            constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(weight[None, :], -np.inf, capacity)],
+            options={"mip_rel_gap": 0.0, "time_limit": time_limit},
+        )
     if res.x is None:
         raise RuntimeError(f"HiGHS found no allocation ({res.message}).")
     return np.flatnonzero(res.x > 0.5)
