@@ -2,6 +2,7 @@
 
 The public API the app, the notebooks and users call.
 """
+from .adapter import AdapterOptions, CoALoRAModel, ConfigNetwork, LoraLinear, export_peft
 from .allocate import Allocation, Allocator, allocate
 from .config import ModelConfig, ModelLayout, Target
 from .damage import DamageTable, fisher_diagonal, matrix_damage
@@ -12,10 +13,14 @@ from .loglik import EvaluationCancelled, ScoringOptions
 from .mc_tasks import MCItem, Task, load_task
 from .perplexity import PerplexityOptions, PerplexityResult, heldout_perplexity
 from .quant import QuantizedTensor, dequantize, quantization_error, quantize
+from .runs import RunInfo, read_metrics, read_run_info
 from .space import ALL_OPTIONS, MAX_BITS, MIN_BITS, PRESETS, QuantOption, preset
+from .train import TrainOptions, TrainResult, load_trained  # train() stays coa_lora.train.train (module name)
 from .workbench import Workbench
 
 __all__ = [
+    "AdapterOptions", "CoALoRAModel", "ConfigNetwork", "LoraLinear", "RunInfo", "TrainOptions", "TrainResult",
+    "export_peft", "load_trained", "read_metrics", "read_run_info",
     "EvalOptions", "EvaluationCancelled", "Evaluator", "ItemResult", "MCItem", "PerplexityOptions",
     "PerplexityResult", "ScoringOptions", "Task", "TaskResult", "evaluate_task", "heldout_perplexity", "load_task",
     "results_table",

@@ -1,4 +1,4 @@
-"""Command line: ``python -m coa_lora {prepare,allocate} ...``.
+"""Command line: ``python -m coa_lora {prepare,allocate,show,eval,train,export} ...``.
 
 Every failure a user can cause (unknown model, bad budget, unreadable file) exits non-zero with one sentence on
 stderr; long steps draw a progress bar on stderr, results go to stdout.
@@ -57,6 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N items per task (windows per held-out play for ppl)")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reusing ~/.cache/coa_lora/evals")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+
+    p = sub.add_parser("train", help="train CoA-LoRA or a baseline adapter into a run folder (resumable)")
+    _add_model_args(p)
+    p.add_argument("--method", choices=["coa", "qlora", "lqlora", "shared"], help="default: coa")
+    p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/NAME")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 200)")
+    p.add_argument("--configs-per-step", type=int, help="configurations per step, k (default 2)")
+    p.add_argument("--rank", type=int, help="LoRA rank r (default 8)")
+    p.add_argument("--objective", choices=["lm", "kd"], help="lm: next-token loss; kd: distil the unquantized model")
+    p.add_argument("--budgets", help="comma-separated bit budgets of the configuration set (qlora/lqlora: one); "
+                                     "default: 10 evenly over 2.25-7.25")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--batch-size", type=int, help="windows per micro-batch (default 4)")
+    p.add_argument("--seq-length", type=int, help="tokens per window (default 128)")
+    p.add_argument("--seed", type=int, help="default 0")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 25)")
+    p.add_argument("--eval-every", type=int, help="steps between held-out probe losses (default 50)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+    p = sub.add_parser("export", help="fold a trained run into a standard peft adapter for one budget")
+    _add_model_args(p)
+    p.add_argument("--run", type=Path, required=True, help="run folder written by `train`")
+    p.add_argument("--budget", type=float, required=True, help="average bits per weight of the configuration")
+    p.add_argument("--out", type=Path, required=True, help="folder for adapter_model.safetensors + configs")
     return parser
 
 
@@ -71,6 +95,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _show(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "train":
+            return _train(args)
+        if args.command == "export":
+            return _export(args)
     except (CliError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -208,4 +236,44 @@ def _eval(args) -> int:
         label = "full precision" if config is None else f"{config.avg_bits:.3f} average bits ({config.key()})"
         print(f"{wb.layout.model_id}, {label}")
         print(results_table(results).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
+    return 0
+
+
+_TRAIN_FLAGS = {"method": "method", "steps": "steps", "configs_per_step": "configs_per_step", "rank": "rank",
+                "objective": "objective", "lr": "lr", "batch_size": "batch_size", "seq_length": "seq_length",
+                "seed": "seed", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every"}
+
+
+def _train(args) -> int:
+    from .progress import tqdm_progress
+    from .runs import read_run_info
+    from .train import TrainOptions, train
+
+    given = {opt: getattr(args, flag) for flag, opt in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    if args.budgets is not None:
+        try:
+            given["budgets"] = tuple(float(b) for b in args.budgets.split(",") if b.strip())
+        except ValueError:
+            raise CliError(f"--budgets must be comma-separated numbers, got {args.budgets!r}.") from None
+    # A resume takes the saved options; flags given explicitly must agree with them (train() checks).
+    base = read_run_info(args.out).hyper if args.resume else {}
+    options = TrainOptions.from_dict({**base, **given})
+    wb = _workbench(args)
+    with tqdm_progress(f"train {options.method}") as progress:
+        result = train(wb, options, args.out, resume=args.resume, progress=progress)
+    print(f"trained {options.method} for {result.step} steps -> {args.out}")
+    return 0
+
+
+def _export(args) -> int:
+    from .adapter import export_peft
+    from .train import load_trained
+
+    wb = _workbench(args)
+    coa, options, _ = load_trained(wb, args.run)
+    if options.method == "lqlora":
+        raise CliError("An LQ-LoRA adapter needs its own base weights Q(W - L1L2), which a peft folder cannot carry.")
+    config = wb.allocate(args.budget).config
+    export_peft(coa, args.out, config)
+    print(f"peft adapter for {config.avg_bits:.3f} bits -> {args.out}")
     return 0

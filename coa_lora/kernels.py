@@ -4,8 +4,8 @@ Each kernel is plain torch over a lookup table (:class:`~coa_lora.codebook.NFTab
 ``torch.compile`` fuses it into one vectorised loop per block: on 2 CPU cores that is several times faster than
 ``torch.bucketize`` followed by separate packing and gathering passes. The results are identical to the
 straightforward reference (``torch.bucketize`` + :mod:`coa_lora.packing`), which tests/test_kernels.py checks.
-Compilation is on by default; ``COA_LORA_COMPILE=0`` switches it off, and a machine where it fails (no C++ compiler)
-falls back to eager execution of the same functions with a warning.
+Compilation is on by default for inputs of at least ``COMPILE_MIN_ELEMENTS``; ``COA_LORA_COMPILE=0`` switches it off,
+and a machine where it fails (no C++ compiler) falls back to eager execution of the same functions with a warning.
 """
 from __future__ import annotations
 
@@ -31,10 +31,16 @@ def compile_enabled() -> bool:
 RECOMPILE_LIMIT = 64
 
 
+# Compiling costs seconds per process; it pays off only on matrices of real models, so small inputs (tests, tiny
+# models) run the very same functions eagerly.
+COMPILE_MIN_ELEMENTS = 1 << 16
+
+
 def _run(fn: Callable, *args):
-    """Run ``fn`` compiled (one compiled function per kernel) when compilation is enabled, else eagerly."""
+    """Run ``fn`` compiled (one compiled function per kernel) when compilation is enabled and the first argument is
+    large enough to repay it, else eagerly."""
     global _compile_failed
-    if compile_enabled():
+    if compile_enabled() and args[0].numel() >= COMPILE_MIN_ELEMENTS:
         if fn.__name__ not in _compiled:
             _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
         try:

@@ -64,7 +64,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[Tokens, Tok
     """``(context_ids, continuation_ids)`` split exactly as lm-evaluation-harness splits them.
 
     Trailing whitespace of the context moves to the continuation; ``context + continuation`` is encoded as one
-    string and cut where the context's own encoding ends (so a token spanning the boundary counts as continuation).
+    string and cut after as many tokens as the context's own encoding has; the context keeps its own encoding (so
+    when a token spans the boundary, the model sees the context's tokens followed by the rest of the whole's).
     An empty context becomes the prefix token (:func:`prefix_token_id`).
     """
     if context == "":
@@ -77,8 +78,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[Tokens, Tok
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
     whole = encode(tokenizer, context + continuation)
-    n_context = len(encode(tokenizer, context))
-    return tuple(whole[:n_context]), tuple(whole[n_context:])
+    context_ids = encode(tokenizer, context)
+    return tuple(context_ids), tuple(whole[len(context_ids):])
 
 
 def max_length(model, tokenizer=None) -> int:

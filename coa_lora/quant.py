@@ -180,8 +180,9 @@ def warm_up(device: str | torch.device = "cpu") -> None:
     """
     from .space import BITS, BLOCK_SIZES
 
-    # An odd size, so that no dimension coincides with a block size (dynamo would specialise on the coincidence).
-    w = torch.randn(37, 100, generator=torch.Generator().manual_seed(0)).to(device)
+    # Large enough to be compiled; an odd size, so that no dimension coincides with a block size (dynamo would
+    # specialise on the coincidence).
+    w = torch.randn(137, 1000, generator=torch.Generator().manual_seed(0)).to(device)
     for bits in BITS:
         for block_size in BLOCK_SIZES:
             dequantize(quantize(w, QuantOption(bits=bits, block_size=block_size)))

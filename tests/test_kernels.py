@@ -18,6 +18,7 @@ def data(seed, n_blocks=300, block_size=64):
 @pytest.fixture(params=["compiled", "eager"])
 def mode(request, monkeypatch):
     monkeypatch.setenv("COA_LORA_COMPILE", "1" if request.param == "compiled" else "0")
+    monkeypatch.setattr(kernels, "COMPILE_MIN_ELEMENTS", 0)  # compile even these small inputs
     return request.param
 
 

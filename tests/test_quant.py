@@ -105,6 +105,7 @@ def test_zero_blocks_and_constant_scales():
 
 def test_compiled_and_eager_quantizers_agree(monkeypatch):
     w = weight((128, 200), seed=3)
+    monkeypatch.setattr(kernels, "COMPILE_MIN_ELEMENTS", 0)
     compiled = [quantize(w, o) for o in ALL_OPTIONS[::61]]
     monkeypatch.setenv("COA_LORA_COMPILE", "0")
     assert not kernels.compile_enabled()

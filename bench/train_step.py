@@ -1,0 +1,93 @@
+"""Time one training step of CoA-LoRA against Shared-LoRA with the same configurations per step, and the cost of a
+configuration switch against one step.
+
+    python bench/train_step.py [--model smollm2] [--budgets 2.5,3,4] [--k 2] [--steps 4] [--batch-size 4]
+                               [--seq-length 128]
+
+Both methods run the trainer's own step (``coa_lora.train.accumulate_gradients`` + AdamW) on the same batches and
+the same sampled configurations; the first step of each is a warm-up (it fills the dequantized-weight cache) and is
+not timed. Switch cost: alternating ``set_config`` between two cached configurations, with autograd (as in training)
+and without. Prints a table and, last, one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from coa_lora import AdapterOptions, CoALoRAModel, Workbench
+from coa_lora.train import accumulate_gradients, training_windows
+
+
+def time_steps(wb, configs, schedule, batches, config_aware: bool) -> tuple[list[float], CoALoRAModel]:
+    coa = CoALoRAModel(wb.qmodel, AdapterOptions(), config_aware=config_aware)
+    params = list(coa.named_parameters().values())
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    coa.train(True)
+    times = []
+    for chosen, ids in zip(schedule, batches):
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        accumulate_gradients(coa, coa.set_config, [configs[i] for i in chosen], [ids])
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        times.append(time.perf_counter() - t0)
+    return times[1:], coa
+
+
+def switch_cost(coa, a, b, repeats: int = 10) -> dict:
+    out = {}
+    for label, grad in (("grad", True), ("no_grad", False)):
+        with torch.set_grad_enabled(grad):
+            coa.set_config(a), coa.set_config(b)  # both cached
+            t0 = time.perf_counter()
+            for i in range(repeats):
+                coa.set_config(a if i % 2 == 0 else b)
+            out[label] = (time.perf_counter() - t0) / repeats
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--budgets", default="2.5,3,4")
+    p.add_argument("--k", type=int, default=2)
+    p.add_argument("--steps", type=int, default=4, help="timed steps (one more is the warm-up)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seq-length", type=int, default=128)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    results = {}
+    g = torch.Generator().manual_seed(0)
+    for method, aware in (("shared", False), ("coa", True)):
+        wb = Workbench.load(args.model)  # a fresh model each: wrapping is in place
+        configs = [wb.allocate(float(b)).config for b in args.budgets.split(",")]
+        if not results:
+            pool = training_windows(wb.tokenizer, args.seq_length)
+            schedule = [torch.randperm(len(configs), generator=g)[:args.k].tolist() for _ in range(args.steps + 1)]
+            batches = [pool[torch.randint(len(pool), (args.batch_size,), generator=g)] for _ in range(args.steps + 1)]
+        times, coa = time_steps(wb, configs, schedule, batches, aware)
+        results[method] = {"step_s": statistics.median(times), "steps_s": times}
+        if aware:
+            results["switch_s"] = switch_cost(coa, configs[0], configs[1])
+        del wb, coa
+    ratio = results["coa"]["step_s"] / results["shared"]["step_s"]
+    switch = results["switch_s"]["grad"] / results["coa"]["step_s"]
+    print(f"{'method':8s} {'median step (s)':>16s}")
+    for method in ("shared", "coa"):
+        print(f"{method:8s} {results[method]['step_s']:16.3f}")
+    print(f"CoA / Shared step time: {ratio:.3f} (target <= 1.2)")
+    print(f"switch between cached configurations: {results['switch_s']['grad'] * 1e3:.1f} ms with autograd, "
+          f"{results['switch_s']['no_grad'] * 1e3:.1f} ms without; {switch:.4f} of a CoA step")
+    print(json.dumps({"model": args.model, "budgets": args.budgets, "k": args.k, "batch_size": args.batch_size,
+                      "seq_length": args.seq_length, "threads": torch.get_num_threads(),
+                      "shared_step_s": results["shared"]["step_s"], "coa_step_s": results["coa"]["step_s"],
+                      "coa_over_shared": ratio, "switch_grad_s": results["switch_s"]["grad"],
+                      "switch_no_grad_s": results["switch_s"]["no_grad"], "switch_over_step": switch}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""Training over a configuration set (METHOD.md §5) and the three baselines (§7), with exact resume.
+
+    result = train(Workbench.load("tiny"), TrainOptions(steps=20, budgets=(2.5, 4.0)), "runs/demo")
+
+Methods, one trainer:
+
+- ``coa``: one adapter + U_θ; each optimiser step draws k configurations of the set and runs the same batch under
+  each, averaging the gradients of A, B and θ.
+- ``shared``: the same, with a plain adapter (no θ): Shared-LoRA.
+- ``qlora``: a fresh plain adapter on ONE configuration (one run per budget): per-configuration LoRA.
+- ``lqlora``: as ``qlora``, initialised from an SVD of the quantization residual, W ≈ Q(W − L1L2) + L1L2.
+
+Every step's randomness (batch, configurations, dropout) comes from a generator seeded by (seed, step), so a run
+resumed from any checkpoint replays exactly the steps an uninterrupted run would have taken.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from .adapter import AdapterOptions, CoALoRAModel
+from .config import ModelConfig
+from .progress import ProgressFn, report
+from .runs import (
+    RunInfo,
+    append_metrics,
+    library_versions,
+    load_checkpoint,
+    read_configs,
+    read_run_info,
+    save_checkpoint,
+    truncate_metrics,
+    write_configs,
+    write_run_info,
+)
+
+METHODS = ("coa", "shared", "qlora", "lqlora")
+OBJECTIVES = ("lm", "kd")
+SINGLE_CONFIG_METHODS = ("qlora", "lqlora")
+LQ_ITERATIONS = 3  # alternations of SVD and quantization in the LQ-LoRA initialisation; LQ-LoRA reports few suffice
+
+
+def even_budgets(low: float = 2.25, high: float = 7.25, n: int = 10) -> tuple[float, ...]:
+    """``n`` budgets evenly over [low, high] (the paper uses 50 over 2.25–7.25; fewer are much faster to allocate)."""
+    if n < 1:
+        raise ValueError(f"The number of budgets must be positive, got {n}.")
+    return (float(low),) if n == 1 else tuple(round(low + (high - low) * i / (n - 1), 6) for i in range(n))
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every hyper-parameter of a run; saved in run.json, and a resume must use the same."""
+
+    method: str = "coa"
+    steps: int = 200  # optimiser steps (per adapter for the per-configuration baselines)
+    configs_per_step: int = 2  # k: the official code's value
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    lr: float = 1e-3
+    warmup: int = 10  # linear warm-up steps, then cosine decay to 0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global L2 norm; 0 turns clipping off
+    grad_accumulation: int = 1  # micro-batches per optimiser step
+    batch_size: int = 4  # windows per micro-batch
+    seq_length: int = 128
+    objective: str = "lm"  # lm: next-token loss; kd: KL toward the unquantized model's next-token distribution
+    seed: int = 0
+    budgets: tuple[float, ...] = even_budgets()  # the initial configuration set: the allocator at these budgets
+    checkpoint_every: int = 25
+    eval_every: int = 50  # held-out probe loss every this many steps (and at the end)
+    probe_windows: int = 8  # held-out windows of the probe loss
+    probe_configs: int = 3  # configurations of the set (lowest, middle, highest bits) the probe runs under
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; choose one of {METHODS}.")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"Unknown objective {self.objective!r}; choose one of {OBJECTIVES}.")
+        positive = ("steps", "configs_per_step", "rank", "grad_accumulation", "batch_size", "seq_length",
+                    "checkpoint_every", "eval_every", "probe_windows", "probe_configs")
+        bad = [n for n in positive if int(getattr(self, n)) < 1]
+        if bad:
+            raise ValueError(f"TrainOptions.{bad[0]} must be a positive integer, got {getattr(self, bad[0])}.")
+        if not self.budgets:
+            raise ValueError("TrainOptions.budgets needs at least one budget.")
+        if self.method in SINGLE_CONFIG_METHODS and len(self.budgets) != 1:
+            raise ValueError(f"Method {self.method!r} trains one adapter per configuration: give exactly one budget "
+                             f"(one run per budget), got {len(self.budgets)}.")
+
+    def adapter_options(self) -> AdapterOptions:
+        return AdapterOptions(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["budgets"] = list(self.budgets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> TrainOptions:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"Unknown training options {unknown}; known: {sorted(names)}.")
+        return cls(**{**d, "budgets": tuple(d.get("budgets", even_budgets()))})
+
+
+def lr_at(step: int, options: TrainOptions) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``."""
+    if step < options.warmup:
+        return options.lr * (step + 1) / options.warmup
+    span = max(1, options.steps - options.warmup)
+    return options.lr * 0.5 * (1 + math.cos(math.pi * (step - options.warmup) / span))
+
+
+@dataclass
+class TrainResult:
+    coa: CoALoRAModel
+    configs: list[ModelConfig]
+    folder: Path
+    step: int
+
+
+_WINDOWS: dict[tuple, torch.Tensor] = {}
+
+
+def training_windows(tokenizer, length: int) -> torch.Tensor:
+    """``(n, length)`` every non-overlapping window of the training plays.
+
+    Tokenising the 1.4M training tokens takes seconds, so the result is kept per (tokenizer, length, text folder).
+    """
+    from .assets import shakespeare_dir
+    from .data import plays, token_windows
+
+    key = (getattr(tokenizer, "name_or_path", id(tokenizer)), length, str(shakespeare_dir()))
+    if key not in _WINDOWS:
+        _WINDOWS[key] = torch.cat([token_windows(tokenizer, text, length) for text in plays("train").values()])
+    return _WINDOWS[key]
+
+
+def probe_windows(tokenizer, length: int, n: int) -> torch.Tensor:
+    """``(≤ n, length)`` held-out windows taken round-robin from the held-out plays (fixed for a run)."""
+    from .data import plays, token_windows
+
+    per_play = [token_windows(tokenizer, text, length, max_windows=n) for text in plays("heldout").values()]
+    rows = [w[i] for i in range(n) for w in per_play if i < len(w)]
+    return torch.stack(rows[:n])
+
+
+def lqlora_init_(coa: CoALoRAModel, iterations: int = LQ_ITERATIONS) -> None:
+    """LQ-LoRA: per target find L = L1·L2 (rank r) with W ≈ Q(W − L) + L, by alternating SVD and quantization.
+
+    Sets each base weight to Q(W − L) and the adapter to ``scaling · B A = L`` (B = U√S/√s, A = √S Vᵀ/√s).
+    """
+    from .quant import dequantize, quantize
+
+    r, s = coa.options.r, coa.options.scaling
+    with torch.no_grad():
+        for name, option in zip(coa.layout.names, coa.config.options):
+            w = coa.qmodel.original_weight(name)
+            low = torch.zeros_like(w)
+            for _ in range(iterations):
+                q = dequantize(quantize(w - low, option), dtype=w.dtype)
+                u, sv, vh = torch.linalg.svd((w - q).double(), full_matrices=False)
+                root = sv[:r].sqrt()
+                low = ((u[:, :r] * sv[:r]) @ vh[:r]).to(w.dtype)
+            wrapper = coa.wrappers[name]
+            wrapper.base_layer.weight.data = dequantize(quantize(w - low, option), dtype=w.dtype)
+            wrapper.lora_B.weight.copy_(u[:, :r] * root / math.sqrt(s))
+            wrapper.lora_A.weight.copy_(root[:, None] * vh[:r] / math.sqrt(s))
+
+
+def _kl_to_teacher(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(teacher ‖ student); logits ``(batch, seq, vocab)``."""
+    t = teacher.log_softmax(-1)
+    return (t.exp() * (t - student.log_softmax(-1))).sum(-1).mean()
+
+
+def _prepare_folder(folder: Path, info: RunInfo, resume: bool) -> None:
+    exists = (folder / "run.json").is_file()
+    if resume:
+        saved = read_run_info(folder)
+        if saved.weight_hash != info.weight_hash:
+            raise ValueError(f"Run {folder} was trained on a different model; resume it with that model.")
+        if saved.hyper != info.hyper or saved.method != info.method:
+            raise ValueError(f"Run {folder} was started with other training options; resume it with the same ones.")
+    elif exists:
+        raise ValueError(f"Run folder {folder} already holds a run; pass resume=True (--resume) or another folder.")
+    else:
+        write_run_info(folder, info)
+
+
+def training_configs(wb, folder: Path, budgets: tuple[float, ...], progress: ProgressFn | None) -> list[ModelConfig]:
+    """The allocator's configurations at ``budgets``, cached in the run folder (allocation is slow on SmolLM2)."""
+    configs = read_configs(folder, wb.layout)
+    if configs is None:
+        configs = []
+        for i, budget in enumerate(budgets):
+            configs.append(wb.allocate(budget).config)
+            report(progress, i + 1, len(budgets), f"allocating {budget:g} bits")
+        write_configs(folder, configs)
+    return configs
+
+
+def build_adapter(wb, options: TrainOptions) -> CoALoRAModel:
+    """The adapter of ``options.method`` on ``wb``'s model (which it wraps in place)."""
+    return CoALoRAModel(wb.qmodel, options.adapter_options(), config_aware=options.method == "coa", seed=options.seed)
+
+
+def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
+          progress: ProgressFn | None = None, on_step: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``options.method`` on ``wb`` (a :class:`~coa_lora.Workbench`, wrapped in place) into run ``folder``.
+
+    ``resume=True`` continues the run from its last checkpoint (same options required); the result equals an
+    uninterrupted run's. ``progress(done, total, message)`` is called once per step, ``on_step(row)`` with each
+    metrics row.
+    """
+    from .models import weight_hash
+
+    folder = Path(folder)
+    wb.qmodel.restore_()
+    info = RunInfo(wb.layout.model_id, weight_hash(wb.model), options.method, options.to_dict(), options.seed,
+                   library_versions())
+    _prepare_folder(folder, info, resume)
+    configs = training_configs(wb, folder, options.budgets, progress)
+    coa = build_adapter(wb, options)
+    coa.set_config(configs[0])
+    lq_bases = None
+    if options.method == "lqlora":
+        lqlora_init_(coa)
+        lq_bases = {n: w.base_layer.weight.data for n, w in coa.wrappers.items()}
+    params = coa.named_parameters()
+    optimizer = torch.optim.AdamW(params.values(), lr=options.lr, weight_decay=options.weight_decay)
+    start = (load_checkpoint(folder, params, optimizer, info.weight_hash) if resume else None) or 0
+    truncate_metrics(folder, start)
+
+    def activate(config: ModelConfig) -> None:
+        coa.set_config(config)
+        if lq_bases is not None:  # LQ-LoRA's base is Q(W − L1L2), not the cached Q(W)
+            for n, w in coa.wrappers.items():
+                w.base_layer.weight.data = lq_bases[n]
+
+    pool = training_windows(wb.tokenizer, options.seq_length)
+    probe = probe_windows(wb.tokenizer, options.seq_length, options.probe_windows)
+    by_bits = sorted(range(len(configs)), key=lambda i: configs[i].avg_bits)
+    picks = torch.linspace(0, len(by_bits) - 1, min(options.probe_configs, len(by_bits))).round().long().tolist()
+    probe_set = [configs[by_bits[i]] for i in dict.fromkeys(picks)]
+    k = min(options.configs_per_step, len(configs))
+
+    for step in range(start, options.steps):
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
+        chosen = torch.randperm(len(configs), generator=g)[:k].tolist()
+        batches = [pool[torch.randint(len(pool), (options.batch_size,), generator=g)]
+                   for _ in range(options.grad_accumulation)]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, options)
+        optimizer.zero_grad(set_to_none=True)
+        coa.train(True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # dropout, reproducible per step
+            total = accumulate_gradients(coa, activate, [configs[ci] for ci in chosen], batches, options.objective)
+        norm = torch.nn.utils.clip_grad_norm_(list(params.values()), options.grad_clip or float("inf"))
+        optimizer.step()
+        row = {"step": step + 1, "loss": total, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(norm),
+               "configs": [configs[ci].key() for ci in chosen], "seconds": time.perf_counter() - t0}
+        if (step + 1) % options.eval_every == 0 or step + 1 == options.steps:
+            row.update(_probe(coa, activate, probe_set, probe, options.batch_size))
+        append_metrics(folder, row)
+        if (step + 1) % options.checkpoint_every == 0 or step + 1 == options.steps:
+            save_checkpoint(folder, step + 1, params, optimizer, info.weight_hash)
+        if on_step is not None:
+            on_step(row)
+        report(progress, step + 1, options.steps, f"loss {total:.3f}")
+    coa.train(False)
+    with torch.no_grad():
+        activate(configs[0])
+    return TrainResult(coa, configs, folder, options.steps)
+
+
+def accumulate_gradients(coa: CoALoRAModel, activate: Callable[[ModelConfig], None], configs: list[ModelConfig],
+                         batches: list[torch.Tensor], objective: str = "lm") -> float:
+    """Run every micro-batch ``(batch, seq)`` under every configuration and accumulate the averaged gradients.
+
+    ``activate(config)`` switches the model (normally ``coa.set_config``). Returns the mean loss.
+    """
+    total, n = 0.0, len(configs) * len(batches)
+    for ids in batches:
+        teacher = _teacher_logits(coa, ids) if objective == "kd" else None
+        for config in configs:
+            activate(config)  # recomputes U with autograd: one backward frees its graph
+            out = coa.model(input_ids=ids, labels=ids if teacher is None else None)
+            loss = out.loss if teacher is None else _kl_to_teacher(out.logits, teacher)
+            (loss / n).backward()
+            total += loss.item() / n
+    return total
+
+
+def _teacher_logits(coa: CoALoRAModel, ids: torch.Tensor) -> torch.Tensor:
+    """The unquantized model's logits ``(batch, seq, vocab)``; the next activate() puts the configuration back."""
+    coa.qmodel.restore_()
+    with torch.no_grad(), coa.adapters_disabled():
+        return coa.model(input_ids=ids).logits
+
+
+def _probe(coa: CoALoRAModel, activate, configs: list[ModelConfig], windows: torch.Tensor, batch: int) -> dict:
+    """Held-out next-token loss under each probe configuration (dropout off, no grad)."""
+    coa.train(False)
+    losses = {}
+    with torch.no_grad():
+        for config in configs:
+            activate(config)
+            parts = [coa.model(input_ids=w, labels=w).loss.item() * len(w) for w in windows.split(batch)]
+            losses[f"probe_loss@{config.avg_bits:.3f}"] = sum(parts) / len(windows)
+    coa.train(True)
+    return {"probe_loss": sum(losses.values()) / len(losses), **losses}
+
+
+def load_trained(wb, folder: str | Path) -> tuple[CoALoRAModel, TrainOptions, list[ModelConfig]]:
+    """Rebuild a run's trained adapter on ``wb`` (wrapped in place) from its last checkpoint, in eval mode."""
+    from .models import weight_hash
+
+    folder = Path(folder)
+    saved = read_run_info(folder)
+    options = TrainOptions.from_dict(saved.hyper)
+    wb.qmodel.restore_()
+    if weight_hash(wb.model) != saved.weight_hash:
+        raise ValueError(f"Run {folder} was trained on a different model than {wb.layout.model_id}.")
+    configs = read_configs(folder, wb.layout) or []
+    coa = build_adapter(wb, options)
+    params = coa.named_parameters()
+    optimizer = torch.optim.AdamW(params.values(), lr=options.lr)
+    if load_checkpoint(folder, params, optimizer, saved.weight_hash) is None:
+        raise ValueError(f"Run {folder} has no checkpoint yet.")
+    coa.train(False)
+    return coa, options, configs

@@ -1,0 +1,128 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from coa_lora import QuantizedModel, Workbench
+from coa_lora.models import tiny_model
+from coa_lora.runs import CHECKPOINT_FILE, read_metrics
+from coa_lora.storage import read_safetensors
+from coa_lora.train import TrainOptions, even_budgets, load_trained, lr_at, train
+
+SMALL = {"steps": 6, "budgets": (2.5, 4.0, 6.0), "seq_length": 32, "batch_size": 2, "checkpoint_every": 2,
+         "eval_every": 3, "probe_windows": 2, "probe_configs": 2}
+
+
+def test_options_validate_and_round_trip():
+    o = TrainOptions(**SMALL)
+    assert TrainOptions.from_dict(o.to_dict()) == o
+    with pytest.raises(ValueError, match="Unknown method"):
+        TrainOptions(method="dora")
+    with pytest.raises(ValueError, match="exactly one budget"):
+        TrainOptions(method="qlora", budgets=(2.5, 3.0))
+    assert even_budgets(2.25, 7.25, 50)[::49] == (2.25, 7.25)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    o = TrainOptions(steps=10, warmup=2, lr=1.0)
+    assert [lr_at(s, o) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
+    assert lr_at(9, o) < 0.05 and lr_at(6, o) == pytest.approx(0.5)
+
+
+def test_coa_training_learns_and_changes_corrections(tmp_path):
+    result = train(Workbench.load("tiny"), TrainOptions(**{**SMALL, "lr": 1e-2}), tmp_path / "run")
+    metrics = read_metrics(tmp_path / "run")
+    assert metrics["step"].tolist() == list(range(1, 7))
+    assert metrics["probe_loss"].notna().sum() == 2
+    coa = result.coa
+    assert coa.network is not None and coa.network.out.weight.abs().sum() > 0
+    u = [coa.wrappers[coa.layout.names[0]].correction.clone()]
+    coa.set_config(result.configs[-1])
+    u.append(coa.wrappers[coa.layout.names[0]].correction)
+    assert not torch.equal(*u)  # different configurations get different corrections after training
+
+
+def test_resume_refuses_other_options_and_other_models(tmp_path):
+    options = TrainOptions(**{**SMALL, "steps": 2, "method": "shared"})
+    train(Workbench.load("tiny"), options, tmp_path)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(Workbench.load("tiny"), options, tmp_path)
+    with pytest.raises(ValueError, match="other training options"):
+        train(Workbench.load("tiny"), TrainOptions(**{**SMALL, "steps": 3, "method": "shared"}), tmp_path, resume=True)
+    model = tiny_model(seed=1).eval().requires_grad_(False)
+    other = Workbench("tiny", model, QuantizedModel.from_model(model, "tiny-llama"))
+    with pytest.raises(ValueError, match="different model"):
+        load_trained(other, tmp_path)
+
+
+def test_lqlora_init_reproduces_the_weight_better_than_plain_quantization(tmp_path):
+    wb = Workbench.load("tiny")
+    result = train(wb, TrainOptions(**{**SMALL, "steps": 1, "method": "lqlora", "budgets": (2.5,)}), tmp_path)
+    coa, config = result.coa, result.configs[0]
+    name = coa.layout.names[0]
+    w = coa.qmodel.original_weight(name)
+    plain = coa.qmodel.quantized_weight(name, config.options[0])
+    wrapper = coa.wrappers[name]
+    assert not torch.equal(wrapper.base_layer.weight, plain)  # the base is Q(W − L1L2), not Q(W)
+    lq = wrapper.base_layer.weight + wrapper.scaling * wrapper.lora_B.weight @ wrapper.lora_A.weight
+    assert (w - lq).norm() < (w - plain).norm()
+
+
+def tensors(folder):
+    return read_safetensors(folder / CHECKPOINT_FILE)[0]
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
+    flags = ["--model", "tiny", "--steps", "8", "--budgets", "2.5,4,6", "--seq-length", "32", "--batch-size", "2",
+             "--checkpoint-every", "2", "--eval-every", "4", "--objective", "kd"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "coa_lora", "train", "--out", str(killed), *flags], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            metrics = killed / "metrics.jsonl"
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:  # past the step-4 checkpoint
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    from coa_lora.cli import main
+
+    assert main(["train", "--out", str(killed), "--model", "tiny", "--resume"]) == 0
+    assert main(["train", "--out", str(tmp_path / "whole"), *flags]) == 0
+    a, b = tensors(killed), tensors(tmp_path / "whole")
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) for n in a)
+    ma, mb = read_metrics(killed), read_metrics(tmp_path / "whole")
+    assert ma["step"].tolist() == list(range(1, 9))
+    for column in ("loss", "grad_norm", "probe_loss"):
+        assert ma[column].equals(mb[column])
+
+
+def test_cli_export_writes_a_peft_adapter_equal_to_the_trained_model(tmp_path):
+    from peft import PeftModel
+
+    from coa_lora import ModelConfig
+    from coa_lora.cli import main
+
+    train(Workbench.load("tiny"), TrainOptions(**{**SMALL, "steps": 2, "lr": 1e-2}), tmp_path / "run")
+    assert main(["export", "--model", "tiny", "--run", str(tmp_path / "run"), "--budget", "3.0",
+                 "--out", str(tmp_path / "peft")]) == 0
+    wb = Workbench.load("tiny")
+    coa, _, _ = load_trained(wb, tmp_path / "run")
+    config = ModelConfig.from_json((tmp_path / "peft" / "quant_config.json").read_text(), wb.layout)
+    coa.set_config(config)
+    ids = torch.randint(0, 49152, (2, 12), generator=torch.Generator().manual_seed(0))
+    base = Workbench.load("tiny")
+    base.qmodel.apply_(config)
+    peft_model = PeftModel.from_pretrained(base.model, str(tmp_path / "peft")).eval()
+    with torch.no_grad():
+        assert (peft_model(input_ids=ids).logits - coa.model(input_ids=ids).logits).abs().max() < 1e-4
