@@ -1,6 +1,6 @@
 """Allocator on SmolLM2: average bits, damage and solve time per budget, plus the damage table's compute time.
 
-    python bench/allocator.py [--model smollm2] [--budgets 2.5,3,4,6] [--weighting none|fisher]
+    python bench/allocator.py [--model smollm2] [--budgets 2.5,3,4,6] [--weighting fisher|none]
 
 Last line: one JSON object.
 """
@@ -17,7 +17,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--budgets", default="2.5,3,4,6")
-    parser.add_argument("--weighting", default="none", choices=["none", "fisher"])
+    parser.add_argument("--weighting", default="fisher", choices=["none", "fisher"])
     args = parser.parse_args()
     wb = Workbench.load(args.model)
     t = time.perf_counter()

@@ -44,7 +44,8 @@ def main() -> None:
             "fisher_ppl": ppl(wb.allocate(budget, "fisher").config),
         }
         rows.append(row)
-        print(f"{budget:6.2f} {uniform:>8s} {row['uniform_ppl']:12.2f} {row['none_ppl']:9.2f} {row['fisher_ppl']:11.2f}")
+        print(f"{budget:6.2f} {uniform:>8s} {row['uniform_ppl']:12.2f} {row['none_ppl']:9.2f} "
+              f"{row['fisher_ppl']:11.2f}")
     print(json.dumps({"model": wb.layout.model_id, "windows_per_play": args.windows, "rows": rows}))
 
 

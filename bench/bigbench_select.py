@@ -39,6 +39,7 @@ CANDIDATES = (
     "strategyqa", "vitaminc_fact_verification", "winowhy",
 )
 BUDGET = 2.5
+HEADERS = {"fp": "full precision", "alloc2.5": "2.5 bits", "nf4": "NF4", "nf3": "NF3", "nf2": "NF2"}
 
 
 def fetch_tasks_dir(work: Path) -> Path:
@@ -65,7 +66,9 @@ def configurations(wb: Workbench, names: list[str]) -> dict[str, ModelConfig | N
 
 
 def measure(wb: Workbench, tasks: dict[str, Task], configs: dict) -> dict[str, dict[str, float]]:
-    table: dict[str, dict[str, float]] = {name: {"items": len(t.items), "chance": t.chance} for name, t in tasks.items()}
+    table: dict[str, dict[str, float]] = {
+        name: {"items": len(t.items), "chance": t.chance} for name, t in tasks.items()
+    }
     for label, config in configs.items():
         if config is None:
             wb.qmodel.restore_()
@@ -80,23 +83,25 @@ def measure(wb: Workbench, tasks: dict[str, Task], configs: dict) -> dict[str, d
     return table
 
 
-def selection_markdown(table: dict, limit: int, alloc_bits: float) -> str:
+def selection_markdown(table: dict, labels: list[str], limit: int, alloc_bits: float) -> str:
     lines = [
         "# Embedded BIG-bench tasks: how they were chosen",
         "",
         "Measured by `python bench/bigbench_select.py final --tasks "
-        f"{','.join(table)} --limit {limit} --write` on SmolLM2-135M-Instruct (float32, CPU).",
+        f"{','.join(table)} --limit {limit} --configs {','.join(labels)} --write` on SmolLM2-135M-Instruct "
+        "(float32, CPU).",
         "Accuracy is lm-evaluation-harness `acc` on the first items of each task in file order, zero-shot, "
         "BIG-bench's prompt (see `coa_lora/bigbench.py`).",
         f"2.5 bits = the allocator's configuration at a 2.5-bit budget ({alloc_bits:.3f} average bits per weight); "
-        "NF3/NF2 = every target matrix uniform (B0 = 64, 8-bit fp32-scaled double quantization, B1 = 256).",
+        "NF4/NF3/NF2 (when present) = every target matrix uniform (B0 = 64, 8-bit fp32-scaled double "
+        "quantization, B1 = 256).",
         "",
-        "| task | items | chance | full precision | 2.5 bits | NF3 | NF2 |",
-        "|---|---|---|---|---|---|---|",
+        "| task | items | chance | " + " | ".join(HEADERS[c] for c in labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
     ]
     for name, row in table.items():
-        lines.append(f"| {name} | {row['items']} | {row['chance']:.3f} | {row['fp']:.3f} | {row['alloc2.5']:.3f} "
-                     f"| {row['nf3']:.3f} | {row['nf2']:.3f} |")
+        lines.append(f"| {name} | {row['items']} | {row['chance']:.3f} | "
+                     + " | ".join(f"{row[c]:.3f}" for c in labels) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -108,6 +113,8 @@ def main() -> None:
     parser.add_argument("--tasks-dir", type=Path, help="an extracted bigbench/benchmark_tasks folder")
     parser.add_argument("--write", action="store_true", help="final: write data/bigbench/<task>.json, SELECTION.md")
     parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--configs", help=f"comma-separated, from {','.join(HEADERS)} (default: screen fp,alloc2.5; "
+                                          "final all)")
     args = parser.parse_args()
 
     names = args.tasks.split(",") if args.tasks else list(CANDIDATES)
@@ -116,19 +123,22 @@ def main() -> None:
         loaded = {name: read_task(folder / name / "task.json") for name in names}
     tasks = {name: Task(name, tuple(items[:args.limit]), "bigbench") for name, (items, _) in loaded.items()}
     wb = Workbench.load(args.model)
-    labels = ["fp", "alloc2.5"] + (["nf3", "nf2"] if args.stage == "final" else [])
+    labels = args.configs.split(",") if args.configs else ["fp", "alloc2.5"] + (
+        ["nf4", "nf3", "nf2"] if args.stage == "final" else [])
+    if not {"fp", "alloc2.5"} <= set(labels) or not set(labels) <= set(HEADERS):
+        raise SystemExit(f"--configs must include fp and alloc2.5 and come from {','.join(HEADERS)}.")
     configs = configurations(wb, labels)
     table = measure(wb, tasks, configs)
 
     print(f"{'task':30s} {'items':>5s} {'chance':>6s} " + " ".join(f"{label:>8s}" for label in labels))
     for name, row in table.items():
-        print(f"{name:30s} {row['items']:5d} {row['chance']:6.3f} " + " ".join(f"{row[l]:8.3f}" for l in labels))
+        print(f"{name:30s} {row['items']:5d} {row['chance']:6.3f} " + " ".join(f"{row[c]:8.3f}" for c in labels))
     if args.write:
         for name in names:
             items, meta = loaded[name]
             write_embedded(name, items[:args.limit], meta)
         alloc_bits = configs["alloc2.5"].avg_bits
-        (EMBEDDED_DIR / "SELECTION.md").write_text(selection_markdown(table, args.limit, alloc_bits))
+        (EMBEDDED_DIR / "SELECTION.md").write_text(selection_markdown(table, labels, args.limit, alloc_bits))
     print(json.dumps({"stage": args.stage, "limit": args.limit, "table": table}))
 
 

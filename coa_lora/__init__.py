@@ -2,7 +2,7 @@
 
 The public API the app, the notebooks and users call.
 """
-from .adapter import AdapterOptions, CoALoRAModel, ConfigNetwork, LoraLinear, export_peft
+from .adapter import AdapterOptions, CoALoRAModel, ConfigNetwork, LoraLinear, adapters_disabled, export_peft
 from .allocate import Allocation, Allocator, allocate
 from .config import ModelConfig, ModelLayout, Target
 from .damage import DamageTable, fisher_diagonal, matrix_damage
@@ -20,7 +20,7 @@ from .workbench import Workbench
 
 __all__ = [
     "AdapterOptions", "CoALoRAModel", "ConfigNetwork", "LoraLinear", "RunInfo", "TrainOptions", "TrainResult",
-    "export_peft", "load_trained", "read_metrics", "read_run_info",
+    "adapters_disabled", "export_peft", "load_trained", "read_metrics", "read_run_info",
     "EvalOptions", "EvaluationCancelled", "Evaluator", "ItemResult", "MCItem", "PerplexityOptions",
     "PerplexityResult", "ScoringOptions", "Task", "TaskResult", "evaluate_task", "heldout_perplexity", "load_task",
     "results_table",

@@ -17,6 +17,7 @@ standard peft adapter folder.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,6 +93,20 @@ class LoraLinear(nn.Module):
             return b.detach().clone()
         eye = torch.eye(b.shape[1], dtype=b.dtype, device=b.device)
         return (b @ (eye + self.correction)).detach()
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Run the block with every :class:`LoraLinear` of ``model`` switched off (the bare base model)."""
+    wrappers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    states = [w.enabled for w in wrappers]
+    for w in wrappers:
+        w.enabled = False
+    try:
+        yield
+    finally:
+        for w, state in zip(wrappers, states):
+            w.enabled = state
 
 
 class ConfigNetwork(nn.Module):
@@ -185,6 +200,15 @@ class CoALoRAModel:
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in self.named_parameters().items()}
 
+    def fingerprint(self) -> str:
+        """A short hash of the trainable state (names, shapes, dtypes, values): the evaluation cache's adapter key."""
+        h = hashlib.sha256()
+        for name, p in sorted(self.named_parameters().items()):
+            t = p.detach().to("cpu").contiguous()
+            h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        return h.hexdigest()[:16]
+
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy ``state`` in; names or shapes that differ raise ValueError before anything is changed."""
         params = self.named_parameters()
@@ -227,16 +251,9 @@ class CoALoRAModel:
             wrapper.correction = u
         return self
 
-    @contextmanager
     def adapters_disabled(self) -> Iterator[None]:
         """Run the block on the bare (quantized or restored) base model."""
-        for w in self.wrappers.values():
-            w.enabled = False
-        try:
-            yield
-        finally:
-            for w in self.wrappers.values():
-                w.enabled = True
+        return adapters_disabled(self.model)
 
     def merged_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{target: (A (r, in), B' (out, r))}`` with B' = B(I + U) under the current configuration."""

@@ -36,14 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("allocate", help="budget -> per-matrix quantization configuration (exact MILP)")
     _add_model_args(p)
     p.add_argument("--budget", type=float, required=True, help="average bits per weight over the target matrices")
-    p.add_argument("--weighting", default="none", choices=["none", "fisher"],
-                   help="damage = squared error, or weighted by a diagonal Fisher estimate (default: none)")
+    p.add_argument("--weighting", default="fisher", choices=["none", "fisher"],
+                   help="damage = squared error weighted by a diagonal Fisher estimate (default), or unweighted")
     p.add_argument("--out", type=Path, help="write the configuration JSON here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
 
     p = sub.add_parser("show", help="summarise a saved configuration JSON for a model")
     _add_model_args(p)
     p.add_argument("--config", type=Path, required=True, help="configuration JSON written by `allocate --out`")
+    p.add_argument("--weighting", default="fisher", choices=["none", "fisher"], help="damage weighting to report")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
 
     p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy and held-out perplexity of a configuration")
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--budget", type=float, help="evaluate the allocator's configuration at this many bits")
     which.add_argument("--config", type=Path, help="evaluate a configuration JSON written by `allocate --out`")
     which.add_argument("--full-precision", action="store_true", help="evaluate the unquantized model (default)")
+    p.add_argument("--run", type=Path, help="with a trained adapter from this run folder (`train --out`)")
     p.add_argument("--tasks", required=True,
                    help="comma-separated: embedded tasks, harness tasks (need internet), ppl, or JSONL file paths")
     p.add_argument("--limit", type=int, help="first N items per task (windows per held-out play for ppl)")
@@ -155,7 +157,7 @@ def _show(args) -> int:
         raise CliError(f"Cannot read the configuration file {args.config} ({exc.__class__.__name__}).") from None
     wb = _workbench(args)
     config = ModelConfig.from_json(text, wb.layout)
-    table = wb.damage_table("none")
+    table = wb.damage_table(args.weighting)
     _print_result(args, wb, Allocation(config.avg_bits, config, table.damage(config.option_indices())))
     return 0
 
@@ -172,7 +174,7 @@ def _print_result(args, wb, allocation) -> None:
         "size_bytes": config.size_bytes,
         "full_size_bytes": wb.layout.full_size_bytes,
         "damage": allocation.damage,
-        "weighting": getattr(args, "weighting", "none"),
+        "weighting": args.weighting,
         "config": config.to_dict(),
     }))
 
@@ -219,24 +221,42 @@ def _eval(args) -> int:
             config = ModelConfig.from_json(args.config.read_text(), wb.layout)
         except (OSError, UnicodeDecodeError) as exc:
             raise CliError(f"Cannot read the configuration file {args.config} ({exc.__class__.__name__}).") from None
+    adapter = _trained_adapter(wb, args.run, config) if args.run is not None else None
     evaluator = Evaluator(wb, cache_dir=None if args.no_cache else default_cache_dir())
     results = {}
     for task in tasks:
         with tqdm_progress(task) as progress:
-            results[task] = evaluator.run(task, config, limit=args.limit, progress=progress)
+            results[task] = evaluator.run(task, config, limit=args.limit, progress=progress, adapter=adapter)
     if args.json:
         print(json.dumps({
             "model": wb.layout.model_id,
             "config": "full-precision" if config is None else config.key(),
             "avg_bits": None if config is None else config.avg_bits,
+            "run": None if args.run is None else str(args.run),
+            "adapter": None if adapter is None else adapter.fingerprint(),
             "limit": args.limit,
             "results": results_json(results),
         }))
     else:
         label = "full precision" if config is None else f"{config.avg_bits:.3f} average bits ({config.key()})"
+        if args.run is not None:
+            label += f", adapter of {args.run}"
         print(f"{wb.layout.model_id}, {label}")
         print(results_table(results).to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep=""))
     return 0
+
+
+def _trained_adapter(wb, run: Path, config):
+    """The trained adapter of ``run`` wrapped around ``wb.model`` (refusing what it cannot evaluate)."""
+    from .train import load_trained
+
+    coa, options, _ = load_trained(wb, run)
+    if options.method == "lqlora":
+        raise CliError("An LQ-LoRA run has its own base weights Q(W - L1L2) per configuration; eval supports "
+                       "coa, shared and qlora runs.")
+    if coa.network is not None and config is None:
+        raise CliError("A CoA-LoRA adapter's correction depends on the configuration: pass --budget or --config.")
+    return coa
 
 
 _TRAIN_FLAGS = {"method": "method", "steps": "steps", "configs_per_step": "configs_per_step", "rank": "rank",

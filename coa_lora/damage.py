@@ -147,7 +147,7 @@ def load_or_compute(
 
 def fisher_diagonal(
     model: torch.nn.Module,
-    names: Sequence[str],
+    weights: Sequence[str] | Mapping[str, torch.nn.Parameter],
     batches: torch.Tensor,
     progress: Optional[ProgressFn] = None,
 ) -> dict[str, torch.Tensor]:
@@ -155,14 +155,17 @@ def fisher_diagonal(
 
     Args:
         model: a causal LM (its parameters' ``requires_grad`` flags are restored afterwards).
-        names: module names of the target linear layers.
+        weights: module names of the target linear layers, or ``{name: weight parameter}`` when wrappers (e.g. LoRA
+            layers) hide the linear modules' ``weight`` attribute.
         batches: ``(n_sequences, length)`` token ids; one backward pass per sequence, so the estimate uses
             per-sequence gradients rather than the square of a batch mean.
 
     Returns:
         name -> float32 tensor shaped like the weight.
     """
-    params = [model.get_submodule(n).weight for n in names]
+    if not isinstance(weights, Mapping):
+        weights = {n: model.get_submodule(n).weight for n in weights}
+    names, params = list(weights), list(weights.values())
     flags = [p.requires_grad for p in params]
     fisher = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     try:

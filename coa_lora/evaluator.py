@@ -9,8 +9,9 @@ fingerprint, item limit) in memory and, when given a folder, as one JSON file pe
     ev.run("hyperbaton", config=wb.allocate(3.0).config, limit=200, progress=cb, should_stop=event.is_set)
     ev.run("ppl", limit=4)   # perplexity on the held-out plays, 4 windows per play
 
-Adapters are applied by their owner, not here: activate the adapter on ``workbench.model`` and pass its hash as
-``adapter_key`` so its results are cached apart from the bare model's.
+With a trained adapter (a :class:`~coa_lora.adapter.CoALoRAModel` wrapped around ``workbench.model``) pass it as
+``adapter``: the evaluator sets its configuration (CoA-LoRA's correction U depends on it) and caches the result under
+the adapter's :meth:`~coa_lora.adapter.CoALoRAModel.fingerprint`, apart from the bare model's.
 """
 from __future__ import annotations
 
@@ -96,17 +97,26 @@ class Evaluator:
         limit: Optional[int] = None,
         progress: Optional[ProgressFn] = None,
         should_stop: Optional[StopFn] = None,
+        adapter=None,
     ) -> Result:
         """The result of ``task`` (``"ppl"``, an embedded or harness task, or a JSONL path) under ``config``.
 
         ``config`` None means full precision. ``limit`` is items (multiple choice) or windows per play (``"ppl"``).
-        A cached result returns at once; a cancelled run raises ``EvaluationCancelled`` and caches nothing.
+        ``adapter``: a trained CoALoRAModel on this workbench's model, evaluated under ``config`` (its fingerprint is
+        the default ``adapter_key``). A cached result returns at once; a cancelled run raises
+        ``EvaluationCancelled`` and caches nothing.
         """
+        if adapter is not None:
+            if adapter.model is not self.workbench.model:
+                raise ValueError("The adapter wraps a different model than this evaluator's workbench.")
+            if adapter.network is not None and config is None:
+                raise ValueError("A CoA-LoRA adapter's correction depends on the configuration: pass a configuration.")
+            adapter_key = adapter_key or adapter.fingerprint()
         found = self.cached(task, config, adapter_key, limit)
         if found is not None:
             return found
         wb = self.workbench
-        with _configured(wb.qmodel, config):
+        with _configured(wb.qmodel, config, adapter):
             if task == PERPLEXITY_TASK:
                 result = heldout_perplexity(wb.model, wb.tokenizer, self.options.perplexity, limit, progress,
                                             should_stop)
@@ -153,20 +163,28 @@ class Evaluator:
 
 
 @contextmanager
-def _configured(qmodel, config) -> Iterator[None]:
-    """Run the block under ``config`` (None: full precision), then put back whatever was applied before."""
+def _configured(qmodel, config, adapter=None) -> Iterator[None]:
+    """Run the block under ``config`` (None: full precision), then put back whatever was applied before.
+
+    With an adapter its configuration is set too (a CoA-LoRA correction follows the configuration).
+    """
+    import torch
+
+    def activate(c) -> None:
+        if c is None:
+            qmodel.restore_()
+        elif adapter is not None and adapter.network is not None:
+            with torch.no_grad():
+                adapter.set_config(c)
+        else:
+            qmodel.apply_(c)
+
     previous = qmodel.config
-    if config is None:
-        qmodel.restore_()
-    else:
-        qmodel.apply_(config)
+    activate(config)
     try:
         yield
     finally:
-        if previous is None:
-            qmodel.restore_()
-        else:
-            qmodel.apply_(previous)
+        activate(previous)
 
 
 def results_table(results: dict[str, Result]):

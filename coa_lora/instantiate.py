@@ -89,6 +89,11 @@ class QuantizedModel:
     def from_model(cls, model: torch.nn.Module, model_id: str = "model", **kwargs) -> "QuantizedModel":
         return cls(model, layout_of(model, model_id), **kwargs)
 
+    @property
+    def parameters(self) -> dict[str, torch.nn.Parameter]:
+        """``{target: weight parameter}``: the live parameters this object swaps (found before any wrapping)."""
+        return dict(self._params)
+
     def original_weight(self, name: str) -> torch.Tensor:
         """The full-precision weight of target ``name`` (never modified)."""
         return self._original[name]

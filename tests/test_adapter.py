@@ -116,3 +116,23 @@ def test_peft_export_loads_with_the_same_logits(tmp_path):
     assert (logits(peft_model) - expected).abs().max() < 1e-4
     # Folding matters: the plain-B adapter would differ.
     assert (logits(quantized_base(config).model) - expected).abs().max() > 1e-3
+
+
+def test_fisher_of_a_wrapped_model_is_the_bare_base_models():
+    # The allocator's Fisher weighting must not see a trained adapter wrapped around the base (export calls it then).
+    from coa_lora import fisher_diagonal
+    from coa_lora.adapter import adapters_disabled
+
+    ids = torch.randint(0, 49152, (2, 16), generator=torch.Generator().manual_seed(3))
+    bare = load_model("tiny")
+    expected = fisher_diagonal(bare, QuantizedModel.from_model(bare, "tiny").layout.names, ids)
+    coa = make_coa().train(False)
+    perturb_(coa)
+    with adapters_disabled(coa.model):
+        got = fisher_diagonal(coa.model, coa.qmodel.parameters, ids)
+    assert set(got) == set(expected)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])
+    wrapped = fisher_diagonal(coa.model, coa.qmodel.parameters, ids)  # adapter on: a different Fisher
+    assert not all(torch.allclose(wrapped[n], expected[n]) for n in expected)
+    assert all(w.enabled for w in coa.wrappers.values())

@@ -21,27 +21,28 @@ def cache(tmp_path_factory):
 
 def test_allocate_json_and_out(cache, tmp_path):
     out = tmp_path / "cfg.json"
-    r = run("allocate", "--model", "tiny", "--budget", "3.0", "--json", "--out", str(out), cache=cache)
+    r = run("allocate", "--model", "tiny", "--budget", "3.0", "--weighting", "none", "--json", "--out", str(out),
+            cache=cache)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert {"avg_bits", "size_bytes", "damage", "config"} <= set(result)
     assert result["avg_bits"] <= 3.0 and result["size_bytes"] < result["full_size_bytes"]
     assert json.loads(out.read_text())["options"] == result["config"]["options"]
-    shown = run("show", "--model", "tiny", "--config", str(out), "--json", cache=cache)
+    shown = run("show", "--model", "tiny", "--config", str(out), "--weighting", "none", "--json", cache=cache)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["damage"] == pytest.approx(result["damage"])
 
 
 def test_summary(cache):
-    r = run("allocate", "--model", "tiny", "--budget", "2.5", cache=cache)
+    r = run("allocate", "--model", "tiny", "--budget", "2.5", "--weighting", "none", cache=cache)
     assert r.returncode == 0, r.stderr
     assert "average bits per weight" in r.stdout and "MiB unquantized" in r.stdout
     assert len(r.stdout.splitlines()) == 3 + 2  # header lines + one line per block
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["allocate", "--model", "tiny", "--budget", "1.0"], "feasible range"),
-    (["allocate", "--model", "tiny", "--budget", "9"], "feasible range"),
+    (["allocate", "--model", "tiny", "--budget", "1.0", "--weighting", "none"], "feasible range"),
+    (["allocate", "--model", "tiny", "--budget", "9", "--weighting", "none"], "feasible range"),
     (["allocate", "--model", "no-such-model-anywhere", "--budget", "3"], "smollm2"),
     (["show", "--model", "tiny", "--config", "/nonexistent/cfg.json"], "Cannot read"),
 ])
@@ -50,3 +51,10 @@ def test_bad_input_is_one_sentence(cache, args, needle):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+
+
+def test_default_fisher_weighting_needs_prepared_text(cache):
+    # The default damage is Fisher-weighted, which reads calibration text: with an empty cache the error names the
+    # command that prepares it.
+    r = run("allocate", "--model", "tiny", "--budget", "3.0", cache=cache)
+    assert r.returncode == 2 and "python -m coa_lora prepare" in r.stderr, r.stderr

@@ -6,8 +6,15 @@ import pytest
 
 from coa_lora.bigbench import format_example, read_task
 from coa_lora.mc_tasks import (
-    EMBEDDED_DIR, HARNESS_TASKS, MCItem, embedded_tasks, harness_task, hellaswag_preprocess, load_embedded,
-    load_jsonl, load_task,
+    EMBEDDED_DIR,
+    HARNESS_TASKS,
+    MCItem,
+    embedded_tasks,
+    harness_task,
+    hellaswag_preprocess,
+    load_embedded,
+    load_jsonl,
+    load_task,
 )
 
 

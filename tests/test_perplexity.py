@@ -10,7 +10,11 @@ from coa_lora import ModelConfig, Workbench, preset
 from coa_lora.loglik import EvaluationCancelled
 from coa_lora.models import load_model, load_tokenizer
 from coa_lora.perplexity import (
-    PerplexityOptions, fingerprint, heldout_perplexity, heldout_windows, window_losses,
+    PerplexityOptions,
+    fingerprint,
+    heldout_perplexity,
+    heldout_windows,
+    window_losses,
 )
 
 

@@ -1,0 +1,113 @@
+"""Live evaluation on the tiny model: the result cache (memory and disk, keyed by configuration, adapter, task and
+limit), adapters under a configuration, and the ``eval`` command."""
+import json
+
+import pytest
+import torch
+
+from coa_lora import ModelConfig, Workbench, preset
+from coa_lora.adapter import AdapterOptions, CoALoRAModel
+from coa_lora.cli import main
+from coa_lora.evaluator import Evaluator
+
+ROWS = [
+    {"context": "Question: What do cows drink?\nAnswer:", "choices": ["milk", "water", "tea"], "gold": 1},
+    {"context": "The capital of France is", "choices": ["Paris", "a big city in Europe"], "gold": 0},
+    {"context": "2 + 2 =", "choices": ["4", "5", "22"], "gold": 0},
+    {"context": "The opposite of hot is", "choices": ["cold", "warm"], "gold": 0},
+]
+
+
+@pytest.fixture()
+def task_file(tmp_path):
+    path = tmp_path / "hand.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return str(path)
+
+
+class Calls:
+    """A progress callback that counts its calls: zero calls means nothing was computed."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, done, total, message=""):
+        self.n += 1
+
+
+def logprobs(result):
+    return [lp for item in result.items for lp in item.logprobs]
+
+
+def test_results_are_cached_in_memory_and_on_disk_by_configuration_and_limit(task_file, tmp_path):
+    wb = Workbench.load("tiny")
+    config = ModelConfig.uniform(wb.layout, preset("nf2"))
+    ev = Evaluator(wb, cache_dir=tmp_path / "evals")
+    calls = Calls()
+    fp = ev.run(task_file, progress=calls)
+    assert calls.n > 0 and fp.n == 4
+    quantized = ev.run(task_file, config)
+    assert logprobs(quantized) != logprobs(fp)  # a different key, computed under NF2
+    assert wb.qmodel.config is None  # the evaluator puts back what was applied before
+
+    again, fresh = Calls(), Calls()
+    assert ev.run(task_file, config, progress=again) == quantized and again.n == 0
+    other = Evaluator(Workbench.load("tiny"), cache_dir=tmp_path / "evals")  # a new process: from disk
+    assert other.run(task_file, config, progress=fresh) == quantized and fresh.n == 0
+    assert len(list((tmp_path / "evals").glob("*.json"))) == 2
+    assert ev.run(task_file, config, limit=2).n == 2
+    # Editing the task file changes its fingerprint: never a stale hit.
+    (tmp_path / "hand.jsonl").write_text(json.dumps({**ROWS[0], "gold": 0}) + "\n")
+    assert ev.run(task_file, config).n == 1
+
+
+def test_an_adapter_is_evaluated_under_its_configuration_and_cached_apart(task_file):
+    wb = Workbench.load("tiny")
+    config = ModelConfig.uniform(wb.layout, preset("nf3"))
+    ev = Evaluator(wb)
+    bare = ev.run(task_file, config)
+    coa = CoALoRAModel(wb.qmodel, AdapterOptions())
+    assert logprobs(ev.run(task_file, config, adapter=coa)) == pytest.approx(logprobs(bare), abs=1e-5)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in coa.wrappers.values():
+            w.lora_B.weight.normal_(std=0.2, generator=g)
+        coa.network.out.weight.normal_(std=0.2, generator=g)
+    key = coa.fingerprint()
+    adapted = ev.run(task_file, config, adapter=coa)
+    assert logprobs(adapted) != pytest.approx(logprobs(bare), abs=1e-3)
+    assert ev.cached(task_file, config, adapter_key=key) == adapted and ev.cached(task_file, config) == bare
+    with pytest.raises(ValueError, match="depends on the configuration"):
+        ev.run(task_file, None, adapter=coa)
+
+
+def test_eval_command_prints_json_and_a_table(task_file, capsys):
+    assert main(["eval", "--model", "tiny", "--tasks", task_file, "--limit", "3", "--no-cache", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    result = out["results"][task_file]
+    assert out["config"] == "full-precision" and out["limit"] == 3 and result["n"] == 3
+    assert 0 <= result["acc"] <= 1 and 0 <= result["acc_norm"] <= 1 and result["chance"] == pytest.approx(7 / 18)
+    assert main(["eval", "--model", "tiny", "--tasks", task_file, "--budget", "3.0", "--no-cache"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert "average bits" in table[0] and table[1].split() == ["task", "metric", "value", "stderr", "n"]
+    assert [line.split()[1] for line in table[2:]] == ["acc", "acc_norm"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tasks", "no_such_task"], "no_such_task"),
+    (["--tasks", ","], "--tasks is empty"),
+    (["--tasks", "ppl", "--limit", "0"], "--limit must be a positive integer"),
+    (["--tasks", "ppl", "--run", "/nonexistent/run"], "not a run folder"),
+])
+def test_eval_bad_input_is_one_sentence(args, needle, capsys):
+    assert main(["eval", "--model", "tiny", "--no-cache", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+
+
+def test_eval_rejects_a_bad_row_naming_the_task_and_row(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({**ROWS[1], "choices": ["only one"]}) + "\n")
+    assert main(["eval", "--model", "tiny", "--tasks", str(bad), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "bad" in err and "2" in err and "at least 2 choices" in err
