@@ -1,10 +1,10 @@
 """Choose the embedded BIG-bench tasks by measurement and write them to data/bigbench/ (METHOD.md §9).
 
     python bench/bigbench_select.py screen --limit 60            # every candidate, FP vs 2.5 bits, few items
-    python bench/bigbench_select.py final --tasks a,b,c --limit 400 --write   # finalists, all configurations
+    python bench/bigbench_select.py final --tasks a,b,c --limit 300 --configs fp,alloc2.5 --write   # finalists
 
 A task qualifies when full-precision SmolLM2 scores at least 5 points above chance on >= 300 items and clearly lower
-at about 2.5 bits (the allocator's configuration at a 2.5-bit budget); uniform NF3 and NF2 are reported too.
+at about 2.5 bits (the allocator's configuration at a 2.5-bit budget); --configs adds uniform NF4, NF3, NF2.
 Accuracy is the harness's ``acc`` (argmax of summed log-probability).
 
 The tasks come from the ``bigbench==1.0.0`` sdist. ``pip download`` of it fails after downloading (its setup.py

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--budget", type=float, help="evaluate the allocator's configuration at this many bits")
     which.add_argument("--config", type=Path, help="evaluate a configuration JSON written by `allocate --out`")
+    which.add_argument("--uniform", metavar="PRESET", help="every target matrix one preset option, e.g. nf4, nf3, nf2")
     which.add_argument("--full-precision", action="store_true", help="evaluate the unquantized model (default)")
     p.add_argument("--run", type=Path, help="with a trained adapter from this run folder (`train --out`)")
     p.add_argument("--tasks", required=True,
@@ -200,6 +201,7 @@ def format_summary(allocation, layout) -> str:
 
 def _eval(args) -> int:
     from .config import ModelConfig
+    from .space import preset
     from .evaluator import PERPLEXITY_TASK, Evaluator, default_cache_dir, results_json, results_table
     from .mc_tasks import load_task
     from .progress import tqdm_progress
@@ -209,13 +211,17 @@ def _eval(args) -> int:
         raise CliError("--tasks is empty; name at least one task (an embedded task, a harness task, ppl or a file).")
     if args.limit is not None and args.limit < 1:
         raise CliError(f"--limit must be a positive integer, got {args.limit}.")
-    for task in tasks:  # unknown names and malformed files fail before the model loads
+    for task in tasks:  # unknown names, malformed files and presets fail before the model loads
         if task != PERPLEXITY_TASK:
             load_task(task, args.limit)
+    if args.uniform is not None:
+        preset(args.uniform)
     wb = _workbench(args)
     config = None
     if args.budget is not None:
         config = wb.allocate(args.budget).config
+    elif args.uniform is not None:
+        config = ModelConfig.uniform(wb.layout, preset(args.uniform))
     elif args.config is not None:
         try:
             config = ModelConfig.from_json(args.config.read_text(), wb.layout)

@@ -87,7 +87,7 @@ def test_eval_command_prints_json_and_a_table(task_file, capsys):
     result = out["results"][task_file]
     assert out["config"] == "full-precision" and out["limit"] == 3 and result["n"] == 3
     assert 0 <= result["acc"] <= 1 and 0 <= result["acc_norm"] <= 1 and result["chance"] == pytest.approx(7 / 18)
-    assert main(["eval", "--model", "tiny", "--tasks", task_file, "--budget", "3.0", "--no-cache"]) == 0
+    assert main(["eval", "--model", "tiny", "--tasks", task_file, "--uniform", "nf3", "--no-cache"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert "average bits" in table[0] and table[1].split() == ["task", "metric", "value", "stderr", "n"]
     assert [line.split()[1] for line in table[2:]] == ["acc", "acc_norm"]
@@ -98,6 +98,7 @@ def test_eval_command_prints_json_and_a_table(task_file, capsys):
     (["--tasks", ","], "--tasks is empty"),
     (["--tasks", "ppl", "--limit", "0"], "--limit must be a positive integer"),
     (["--tasks", "ppl", "--run", "/nonexistent/run"], "not a run folder"),
+    (["--tasks", "ppl", "--uniform", "nf5"], "Unknown preset 'nf5'"),
 ])
 def test_eval_bad_input_is_one_sentence(args, needle, capsys):
     assert main(["eval", "--model", "tiny", "--no-cache", *args]) == 2
