@@ -1,6 +1,7 @@
 """Time one configuration-search round (GP fit + acquisition optimisation + q proposals) on a model's layout.
 
     python bench/search_round.py [--model smollm2] [--initial 50] [--rounds 1] [--threads 1] [--encoding field]
+                                  [--starts 2] [--moves 8] [--mc-samples 32] [--max-neighbours 256]
 
 f1 is synthetic (no adapter is evaluated, so the time is the search's own): f1(C) = log Σ_i w_i·numel_i·(4^-b +
 0.1·4^-b0·B0/64) with random per-matrix sensitivities w_i, i.e. NF error ~ 4^-bits plus a scale-quantization term.
@@ -30,6 +31,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (small tensors: 1 is fastest)")
     ap.add_argument("--encoding", default="field")
+    ap.add_argument("--starts", type=int, default=SearchSettings.starts)
+    ap.add_argument("--moves", type=int, default=SearchSettings.moves)
+    ap.add_argument("--mc-samples", type=int, default=SearchSettings.mc_samples)
+    ap.add_argument("--max-neighbours", type=int, default=SearchSettings.max_neighbours)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -51,7 +56,9 @@ def main() -> None:
         x[k] = torch.randint(len(ALL_OPTIONS), (8,), generator=g)
         initial.append(ModelConfig.from_option_indices(layout, x))
 
-    state = SearchState.start(layout, initial, evaluate, SearchSettings(encoding=args.encoding))
+    state = SearchState.start(layout, initial, evaluate, SearchSettings(
+        encoding=args.encoding, starts=args.starts, moves=args.moves, mc_samples=args.mc_samples,
+        max_neighbours=args.max_neighbours))
     rows = []
     for _ in range(args.rounds):
         t0 = time.perf_counter()

@@ -22,20 +22,22 @@ from coa_lora import AdapterOptions, CoALoRAModel, Workbench
 from coa_lora.train import accumulate_gradients, training_windows
 
 
-def time_steps(wb, configs, schedule, batches, config_aware: bool) -> tuple[list[float], CoALoRAModel]:
-    coa = CoALoRAModel(wb.qmodel, AdapterOptions(), config_aware=config_aware)
-    params = list(coa.named_parameters().values())
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    coa.train(True)
-    times = []
-    for chosen, ids in zip(schedule, batches):
+class Stepper:
+    """One method's adapter on its own copy of the model, with the trainer's step (gradients, clipping, AdamW)."""
+
+    def __init__(self, wb, config_aware: bool):
+        self.coa = CoALoRAModel(wb.qmodel, AdapterOptions(), config_aware=config_aware)
+        self.params = list(self.coa.named_parameters().values())
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-4)
+        self.coa.train(True)
+
+    def step(self, configs, ids) -> float:
         t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients(coa, coa.set_config, [configs[i] for i in chosen], [ids])
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        times.append(time.perf_counter() - t0)
-    return times[1:], coa
+        self.optimizer.zero_grad(set_to_none=True)
+        accumulate_gradients(self.coa, self.coa.set_config, configs, [ids])
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+        return time.perf_counter() - t0
 
 
 def switch_cost(coa, a, b, repeats: int = 10) -> dict:
@@ -60,20 +62,22 @@ def main() -> None:
     p.add_argument("--seq-length", type=int, default=128)
     args = p.parse_args()
     torch.manual_seed(0)
-    results = {}
     g = torch.Generator().manual_seed(0)
-    for method, aware in (("shared", False), ("coa", True)):
-        wb = Workbench.load(args.model)  # a fresh model each: wrapping is in place
-        configs = [wb.allocate(float(b)).config for b in args.budgets.split(",")]
-        if not results:
-            pool = training_windows(wb.tokenizer, args.seq_length)
-            schedule = [torch.randperm(len(configs), generator=g)[:args.k].tolist() for _ in range(args.steps + 1)]
-            batches = [pool[torch.randint(len(pool), (args.batch_size,), generator=g)] for _ in range(args.steps + 1)]
-        times, coa = time_steps(wb, configs, schedule, batches, aware)
-        results[method] = {"step_s": statistics.median(times), "steps_s": times}
-        if aware:
-            results["switch_s"] = switch_cost(coa, configs[0], configs[1])
-        del wb, coa
+    # A model per method (wrapping is in place); the timed steps alternate between them, so machine noise hits both.
+    benches = {"shared": Workbench.load(args.model), "coa": Workbench.load(args.model)}
+    configs = [benches["coa"].allocate(float(b)).config for b in args.budgets.split(",")]
+    steppers = {"shared": Stepper(benches["shared"], False), "coa": Stepper(benches["coa"], True)}
+    pool = training_windows(benches["coa"].tokenizer, args.seq_length)
+    times: dict[str, list[float]] = {"shared": [], "coa": []}
+    for i in range(args.steps + 1):  # step 0 fills the dequantized-weight caches: not timed
+        chosen = [configs[j] for j in torch.randperm(len(configs), generator=g)[:args.k].tolist()]
+        ids = pool[torch.randint(len(pool), (args.batch_size,), generator=g)]
+        for method, stepper in steppers.items():
+            t = stepper.step(chosen, ids)
+            if i:
+                times[method].append(t)
+    results = {m: {"step_s": statistics.median(t), "steps_s": t} for m, t in times.items()}
+    results["switch_s"] = switch_cost(steppers["coa"].coa, configs[0], configs[1])
     ratio = results["coa"]["step_s"] / results["shared"]["step_s"]
     switch = results["switch_s"]["grad"] / results["coa"]["step_s"]
     print(f"{'method':8s} {'median step (s)':>16s}")

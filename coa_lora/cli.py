@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--method", choices=["coa", "qlora", "lqlora", "shared"], help="default: coa")
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/NAME")
-    p.add_argument("--steps", type=int, help="optimiser steps (default 200)")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 60: about 15 minutes on SmolLM2, 2 CPU cores)")
     p.add_argument("--configs-per-step", type=int, help="configurations per step, k (default 2)")
     p.add_argument("--rank", type=int, help="LoRA rank r (default 8)")
     p.add_argument("--objective", choices=["lm", "kd"], help="lm: next-token loss; kd: distil the unquantized model")
@@ -75,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="windows per micro-batch (default 4)")
     p.add_argument("--seq-length", type=int, help="tokens per window (default 128)")
     p.add_argument("--seed", type=int, help="default 0")
-    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 25)")
-    p.add_argument("--eval-every", type=int, help="steps between held-out probe losses (default 50)")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 10)")
+    p.add_argument("--eval-every", type=int, help="steps between held-out probe losses (default 20)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
     p = sub.add_parser("export", help="fold a trained run into a standard peft adapter for one budget")
@@ -201,10 +201,10 @@ def format_summary(allocation, layout) -> str:
 
 def _eval(args) -> int:
     from .config import ModelConfig
-    from .space import preset
     from .evaluator import PERPLEXITY_TASK, Evaluator, default_cache_dir, results_json, results_table
     from .mc_tasks import load_task
     from .progress import tqdm_progress
+    from .space import preset
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if not tasks:

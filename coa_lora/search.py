@@ -24,8 +24,12 @@ import torch
 from botorch.acquisition.multi_objective.logei import qLogExpectedHypervolumeImprovement
 from botorch.models import ModelList
 from botorch.models.deterministic import GenericDeterministicModel
+from botorch.models.model import Model
+from botorch.posteriors.gpytorch import GPyTorchPosterior
 from botorch.sampling import ListSampler, SobolQMCNormalSampler, StochasticSampler
 from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
+from gpytorch.distributions import MultivariateNormal
+from linear_operator.operators import DiagLinearOperator
 
 from .config import ModelConfig, ModelLayout
 from .pareto import HypervolumePlane, segment_select
@@ -46,12 +50,14 @@ class SearchSettings:
     segments: int = 40  # U, the paper's number of bit segments for the training-set selection
     proposals: int = 5  # q new configurations per round
     encoding: str = DEFAULT_ENCODING  # GP input encoding (see coa_lora.surrogate; chosen by held-out comparison)
-    starts: int = 4  # local searches per proposal, from the best-scoring candidates
-    moves: int = 25  # T: accepted moves per local search at most
+    # Defaults sized so one round on SmolLM2 (210 matrices, 50 initial configurations) takes ~8 s on one CPU thread
+    # (bench/search_round.py); starts=4, moves=25, all neighbours and 64 samples took > 4 minutes there.
+    starts: int = 2  # local searches per proposal, from the best-scoring candidates
+    moves: int = 8  # T: accepted moves per local search at most
     raw_samples: int = 64  # random perturbations of the training set scored when choosing starts
-    mc_samples: int = 64  # quasi-MC samples of the GP posterior in qLogEHVI
+    mc_samples: int = 32  # quasi-MC samples of the GP posterior in qLogEHVI
     ref_margin: float = 0.1  # reference point = worst observed value minus this fraction of the observed range
-    max_neighbours: Optional[int] = None  # sample this many neighbours per move (None: all ≤ 10·N)
+    max_neighbours: Optional[int] = 256  # neighbours sampled per move (None: all ≤ 10·N; 2,100 on SmolLM2)
     chunk: int = 1024  # candidates per batched acquisition call (bounds memory)
     seed: int = 0
 
@@ -93,7 +99,7 @@ def neighbours(x: torch.Tensor, max_neighbours: Optional[int] = None,
     Args:
         x: ``(N,)`` option indices.
         max_neighbours: keep a uniform random subset of this size (SmolLM2 has ≤ 2,100 neighbours: all fit in two
-            batched acquisition calls, so the default keeps them all).
+            batched acquisition calls, but SearchSettings samples 256 per move to keep a round near 8 s).
 
     Returns:
         ``(M, N)`` int64, M ≤ 10·N.
@@ -114,11 +120,35 @@ def avg_bits(X: torch.Tensor, layout: ModelLayout) -> torch.Tensor:
     return (OPTION_BITS.to(X.device)[X.round().long()] * (w / w.sum()).to(X.device)).sum(-1)
 
 
+class MarginalGP(Model):
+    """A fitted single-output GP seen one candidate at a time: ``b x 1 x N`` inputs → independent marginals.
+
+    Scoring b candidates with q = 1 as a ``b``-batch makes gpytorch copy the training inputs once per batch element
+    (b × n × 5N values: ~0.9 GB per call for 2,100 neighbours on SmolLM2). Asking the GP for the b points as one
+    non-batched set and keeping only the variances gives the same marginals at O(b·n·5N) cost.
+    """
+
+    def __init__(self, gp: Model) -> None:
+        super().__init__()
+        self.gp = gp
+
+    @property
+    def num_outputs(self) -> int:
+        return 1
+
+    def posterior(self, X, output_indices=None, observation_noise=False, posterior_transform=None):
+        if X.shape[-2] != 1:
+            raise ValueError(f"MarginalGP scores one point per batch element (q = 1), got q = {X.shape[-2]}.")
+        post = self.gp.posterior(X.reshape(-1, X.shape[-1]), observation_noise=observation_noise)
+        mean, var = post.mean.reshape(*X.shape[:-2], 1), post.variance.reshape(*X.shape[:-2], 1)
+        return GPyTorchPosterior(MultivariateNormal(mean, DiagLinearOperator(var.clamp_min(1e-12))))
+
+
 def fit_models(X: torch.Tensor, loss: torch.Tensor, layout: ModelLayout, settings: SearchSettings) -> ModelList:
     """Two separate models over ``(..., N)`` option indices: a GP for −loss, the exact −bits (never learned)."""
     gp = fit_surrogate(X.double(), -loss.double(), settings.encoding, seed=settings.seed)
     bits_model = GenericDeterministicModel(lambda Z: -avg_bits(Z, layout).unsqueeze(-1), num_outputs=1)
-    return ModelList(gp, bits_model)
+    return ModelList(MarginalGP(gp), bits_model)
 
 
 def reference_point(Y: torch.Tensor, margin: float) -> torch.Tensor:

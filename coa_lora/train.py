@@ -57,13 +57,15 @@ class TrainOptions:
     """Every hyper-parameter of a run; saved in run.json, and a resume must use the same."""
 
     method: str = "coa"
-    steps: int = 200  # optimiser steps (per adapter for the per-configuration baselines)
+    # 60 steps of k = 2 configurations x 4 x 128 tokens: ~11.5 s a step on SmolLM2 with 2 CPU cores
+    # (bench/train_step.py), so the default run with its allocation and probes takes about 15 minutes.
+    steps: int = 60  # optimiser steps (per adapter for the per-configuration baselines)
     configs_per_step: int = 2  # k: the official code's value
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
     lr: float = 1e-3
-    warmup: int = 10  # linear warm-up steps, then cosine decay to 0
+    warmup: int = 6  # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max global L2 norm; 0 turns clipping off
     grad_accumulation: int = 1  # micro-batches per optimiser step
@@ -72,8 +74,8 @@ class TrainOptions:
     objective: str = "lm"  # lm: next-token loss; kd: KL toward the unquantized model's next-token distribution
     seed: int = 0
     budgets: tuple[float, ...] = even_budgets()  # the initial configuration set: the allocator at these budgets
-    checkpoint_every: int = 25
-    eval_every: int = 50  # held-out probe loss every this many steps (and at the end)
+    checkpoint_every: int = 10
+    eval_every: int = 20  # held-out probe loss every this many steps (and at the end)
     probe_windows: int = 8  # held-out windows of the probe loss
     probe_configs: int = 3  # configurations of the set (lowest, middle, highest bits) the probe runs under
 
