@@ -214,32 +214,32 @@ def _eval(args) -> int:
     for task in tasks:  # unknown names, malformed files and presets fail before the model loads
         if task != PERPLEXITY_TASK:
             load_task(task, args.limit)
-    if args.uniform is not None:
-        preset(args.uniform)
+    uniform = preset(args.uniform) if args.uniform is not None else None
     wb = _workbench(args)
     config = None
     if args.budget is not None:
         config = wb.allocate(args.budget).config
-    elif args.uniform is not None:
-        config = ModelConfig.uniform(wb.layout, preset(args.uniform))
+    elif uniform is not None:
+        config = ModelConfig.uniform(wb.layout, uniform)
     elif args.config is not None:
         try:
             config = ModelConfig.from_json(args.config.read_text(), wb.layout)
         except (OSError, UnicodeDecodeError) as exc:
             raise CliError(f"Cannot read the configuration file {args.config} ({exc.__class__.__name__}).") from None
     adapter = _trained_adapter(wb, args.run, config) if args.run is not None else None
+    adapter_key = adapter.fingerprint() if adapter is not None else None  # hashed once, not per task
     evaluator = Evaluator(wb, cache_dir=None if args.no_cache else default_cache_dir())
     results = {}
     for task in tasks:
         with tqdm_progress(task) as progress:
-            results[task] = evaluator.run(task, config, limit=args.limit, progress=progress, adapter=adapter)
+            results[task] = evaluator.run(task, config, adapter_key, args.limit, progress, adapter=adapter)
     if args.json:
         print(json.dumps({
             "model": wb.layout.model_id,
             "config": "full-precision" if config is None else config.key(),
             "avg_bits": None if config is None else config.avg_bits,
             "run": None if args.run is None else str(args.run),
-            "adapter": None if adapter is None else adapter.fingerprint(),
+            "adapter": adapter_key,
             "limit": args.limit,
             "results": results_json(results),
         }))

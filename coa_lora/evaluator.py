@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
+import torch
+
 from .evaluate import TaskResult, evaluate_task
 from .loglik import ScoringOptions, StopFn
 from .mc_tasks import HARNESS_TASKS, Task, embedded_tasks, load_task
@@ -168,8 +170,6 @@ def _configured(qmodel, config, adapter=None) -> Iterator[None]:
 
     With an adapter its configuration is set too (a CoA-LoRA correction follows the configuration).
     """
-    import torch
-
     def activate(c) -> None:
         if c is None:
             qmodel.restore_()
