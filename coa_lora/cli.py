@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="default 0")
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 10)")
     p.add_argument("--eval-every", type=int, help="steps between held-out probe losses (default 20)")
+    p.add_argument("--search", nargs="?", const="search", choices=["search", "random", "frozen", "off"],
+                   help="Pareto search of the configuration set between epochs (bare --search: qLogEHVI; random / "
+                        "frozen: the ablations; default off)")
+    p.add_argument("--rounds", type=int, help="search rounds R; training is split into R + 1 epochs (default 3)")
+    p.add_argument("--segments", type=int, help="bit segments U of the training-set selection (default 40)")
+    p.add_argument("--proposals", type=int, help="new configurations q per round (default 5)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
     p = sub.add_parser("export", help="fold a trained run into a standard peft adapter for one budget")
@@ -267,7 +273,8 @@ def _trained_adapter(wb, run: Path, config):
 
 _TRAIN_FLAGS = {"method": "method", "steps": "steps", "configs_per_step": "configs_per_step", "rank": "rank",
                 "objective": "objective", "lr": "lr", "batch_size": "batch_size", "seq_length": "seq_length",
-                "seed": "seed", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every"}
+                "seed": "seed", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every", "search": "search",
+                "rounds": "rounds", "segments": "segments", "proposals": "proposals"}
 
 
 def _train(args) -> int:
@@ -288,6 +295,11 @@ def _train(args) -> int:
     with tqdm_progress(f"train {options.method}") as progress:
         result = train(wb, options, args.out, resume=args.resume, progress=progress)
     print(f"trained {options.method} for {result.step} steps -> {args.out}")
+    if options.search != "off":
+        from .runs import read_search_tables
+
+        rounds = read_search_tables(args.out)["rounds"]
+        print(rounds[["round", "mode", "n_pool", "n_train", "n_new", "hv_pool", "hv_train"]].to_string(index=False))
     return 0
 
 

@@ -5,6 +5,8 @@
       configs.json             the training configuration set (allocation is slow; a resume reuses it)
       checkpoint.safetensors   adapter + θ + AdamW state as tensors; step and scalars in the JSON metadata
       metrics.jsonl            one JSON object per line: ``pandas.read_json(path, lines=True)``
+      search.json              with ``--search``: the whole search state (coa_lora.search_state.SearchState)
+      search_{pool,history,rounds}.jsonl   its three tables, one JSON object per line, rewritten after each change
 
 A SIGKILL at any moment leaves either the previous or the new version of each file (temp file + rename), and the
 metrics file is cut back to the checkpoint's step on resume, so a resumed run equals an uninterrupted one.
@@ -49,10 +51,14 @@ class RunInfo:
     hyper: dict  # every training option, as TrainOptions.to_dict() writes it
     seed: int
     versions: dict
+    # With a search: the normalised (bits, loss) hypervolume plane fixed by the initial set (HypervolumePlane.to_dict),
+    # so hypervolume curves are comparable across rounds and across runs that share it.
+    search_plane: dict | None = None
 
     def to_dict(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "model_id": self.model_id, "weight_hash": self.weight_hash,
-                "method": self.method, "hyper": self.hyper, "seed": self.seed, "versions": self.versions}
+        d = {"format_version": FORMAT_VERSION, "model_id": self.model_id, "weight_hash": self.weight_hash,
+             "method": self.method, "hyper": self.hyper, "seed": self.seed, "versions": self.versions}
+        return d if self.search_plane is None else {**d, "search_plane": self.search_plane}
 
     @classmethod
     def from_dict(cls, d: Mapping, source: str = RUN_FILE) -> RunInfo:
@@ -61,8 +67,9 @@ class RunInfo:
             raise ValueError(f"{source} has run format_version {version!r}; this version of coa_lora reads "
                              f"{FORMAT_VERSION}.")
         try:
+            plane = d.get("search_plane")
             return cls(d["model_id"], d["weight_hash"], d["method"], dict(d["hyper"]), int(d["seed"]),
-                       dict(d["versions"]))
+                       dict(d["versions"]), None if plane is None else dict(plane))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{source} is missing or has a malformed field ({exc}).") from None
 
@@ -89,15 +96,26 @@ def write_configs(folder: str | Path, configs: list[ModelConfig]) -> None:
                                              "configs": [c.to_dict() for c in configs]})
 
 
-def read_configs(folder: str | Path, layout: ModelLayout) -> list[ModelConfig] | None:
-    """The cached configuration set, or None when the run has none yet."""
-    path = Path(folder) / CONFIGS_FILE
+def _read_json(path: Path):
+    """The JSON in ``path``, or None when there is no such file; unreadable JSON raises one clear ValueError."""
     if not path.is_file():
         return None
     try:
-        d = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not readable JSON ({exc.__class__.__name__}).") from None
+
+
+def _write_jsonl(path: Path, rows: list) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
+def read_configs(folder: str | Path, layout: ModelLayout) -> list[ModelConfig] | None:
+    """The cached configuration set, or None when the run has none yet."""
+    path = Path(folder) / CONFIGS_FILE
+    d = _read_json(path)
+    if d is None:
+        return None
     if d.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {d.get('format_version')!r}; this version reads {FORMAT_VERSION}.")
     return [ModelConfig.from_dict(c, layout) for c in d["configs"]]
@@ -190,7 +208,7 @@ def metric_rows(folder: str | Path) -> list[dict]:
 def truncate_metrics(folder: str | Path, step: int) -> None:
     """Keep only the rows of steps ≤ ``step`` (the checkpoint a resume starts from)."""
     rows = [r for r in metric_rows(folder) if r.get("step", 0) <= step]
-    atomic_write_bytes(Path(folder) / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows).encode())
+    _write_jsonl(Path(folder) / METRICS_FILE, rows)
 
 
 def read_metrics(folder: str | Path):
@@ -198,3 +216,37 @@ def read_metrics(folder: str | Path):
     import pandas as pd
 
     return pd.DataFrame(metric_rows(folder))
+
+
+# ----- search state --------------------------------------------------------------------------------------------------
+SEARCH_FILE = "search.json"
+SEARCH_TABLES = ("pool", "history", "rounds")
+
+
+def write_search(folder: str | Path, state) -> None:
+    """Save a :class:`~coa_lora.search_state.SearchState` and rewrite its three JSONL tables (each write atomic).
+
+    search.json is written last: it is the state a resume reads, the tables are views of it for pandas."""
+    folder = Path(folder)
+    for name in SEARCH_TABLES:
+        _write_jsonl(folder / f"search_{name}.jsonl", getattr(state, name))
+    write_json(folder / SEARCH_FILE, state.to_dict())
+
+
+def read_search(folder: str | Path, layout: ModelLayout):
+    """The run's :class:`~coa_lora.search_state.SearchState`, or None when it has none yet."""
+    from .search_state import SearchState
+
+    d = _read_json(Path(folder) / SEARCH_FILE)
+    return None if d is None else SearchState.from_dict(d, layout)
+
+
+def read_search_tables(folder: str | Path) -> dict:
+    """``{"pool", "history", "rounds"}`` → ``pandas.DataFrame`` of a run's search (empty frames when it has none)."""
+    import pandas as pd
+
+    out = {}
+    for name in SEARCH_TABLES:
+        path = Path(folder) / f"search_{name}.jsonl"
+        out[name] = pd.read_json(path, lines=True) if path.is_file() and path.stat().st_size else pd.DataFrame()
+    return out

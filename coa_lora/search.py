@@ -12,13 +12,12 @@ q proposals for real, and re-selects the training set segment-wise (:func:`coa_l
 
 ``evaluate(configs) -> losses`` is any callable: the real adapter loss, or a synthetic objective in tests.
 Configurations are ``(N,)`` option indices into :data:`~coa_lora.space.ALL_OPTIONS` throughout; :class:`SearchState`
-turns them back into :class:`~coa_lora.config.ModelConfig`.
+(:mod:`coa_lora.search_state`) turns them back into :class:`~coa_lora.config.ModelConfig`.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable
 
 import torch
 from botorch.acquisition.multi_objective.logei import qLogExpectedHypervolumeImprovement
@@ -32,43 +31,14 @@ from gpytorch.distributions import MultivariateNormal
 from linear_operator.operators import DiagLinearOperator
 
 from .config import ModelConfig, ModelLayout
-from .pareto import HypervolumePlane, segment_select
 from .progress import ProgressFn, report
+from .search_state import Evaluate, SearchSettings, SearchState, avg_bits, keys
 from .space import ALL_OPTIONS, FIELD_VALUES
-from .surrogate import DEFAULT_ENCODING, ENCODINGS, OPTION_BITS, fit_surrogate
+from .surrogate import fit_surrogate
 
-STATE_VERSION = 1
-SOURCES = ("initial", "search", "random")
 MODES = ("search", "random", "frozen")
-Evaluate = Callable[[Sequence[ModelConfig]], Sequence[float]]
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """How the search runs; stored with the run."""
-
-    segments: int = 40  # U, the paper's number of bit segments for the training-set selection
-    proposals: int = 5  # q new configurations per round
-    encoding: str = DEFAULT_ENCODING  # GP input encoding (see coa_lora.surrogate; chosen by held-out comparison)
-    # Defaults sized so one round on SmolLM2 (210 matrices, 50 initial configurations) takes ~8 s on one CPU thread
-    # (bench/search_round.py); starts=4, moves=25, all neighbours and 64 samples took > 4 minutes there.
-    starts: int = 2  # local searches per proposal, from the best-scoring candidates
-    moves: int = 8  # T: accepted moves per local search at most
-    raw_samples: int = 64  # random perturbations of the training set scored when choosing starts
-    mc_samples: int = 32  # quasi-MC samples of the GP posterior in qLogEHVI
-    ref_margin: float = 0.1  # reference point = worst observed value minus this fraction of the observed range
-    max_neighbours: Optional[int] = 256  # neighbours sampled per move (None: all ≤ 10·N; 2,100 on SmolLM2)
-    chunk: int = 1024  # candidates per batched acquisition call (bounds memory)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"SearchSettings.encoding must be one of {ENCODINGS}, got {self.encoding!r}.")
-        for name in ("segments", "proposals", "starts", "moves", "mc_samples", "chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SearchSettings.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.ref_margin <= 0:
-            raise ValueError(f"SearchSettings.ref_margin must be > 0, got {self.ref_margin}.")
+__all__ = ["MODES", "SearchSettings", SearchState, "avg_bits", "begin_round", "finish_round", "neighbours",
+           "propose", "random_proposals", "reference_point", "search_round"]
 
 
 def _step_table() -> torch.Tensor:
@@ -92,8 +62,8 @@ def _step_table() -> torch.Tensor:
 STEPS = _step_table()
 
 
-def neighbours(x: torch.Tensor, max_neighbours: Optional[int] = None,
-               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def neighbours(x: torch.Tensor, max_neighbours: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
     """The configurations one option-field step away from ``x`` (the paper's coordinate moves).
 
     Args:
@@ -112,12 +82,6 @@ def neighbours(x: torch.Tensor, max_neighbours: Optional[int] = None,
     out = x.repeat(len(i), 1)
     out[torch.arange(len(i)), i] = steps[i, m]
     return out
-
-
-def avg_bits(X: torch.Tensor, layout: ModelLayout) -> torch.Tensor:
-    """``(...)`` float64 average bits of ``(..., N)`` option indices (numel-weighted, as ModelConfig.avg_bits)."""
-    w = layout.numels.double()
-    return (OPTION_BITS.to(X.device)[X.round().long()] * (w / w.sum()).to(X.device)).sum(-1)
 
 
 class MarginalGP(Model):
@@ -173,10 +137,6 @@ def _values(acqf, X: torch.Tensor, chunk: int) -> torch.Tensor:
         return torch.cat([acqf(c.double().unsqueeze(-2)) for c in X.split(chunk)])
 
 
-def _keys(X: torch.Tensor) -> list[tuple[int, ...]]:
-    return [tuple(r) for r in X.tolist()]
-
-
 def local_search(acqf, start: torch.Tensor, excluded: set, settings: SearchSettings,
                  generator: torch.Generator) -> tuple[torch.Tensor, float]:
     """Steepest-ascent coordinate search on the option lattice.
@@ -193,7 +153,7 @@ def local_search(acqf, start: torch.Tensor, excluded: set, settings: SearchSetti
     for _ in range(settings.moves):
         nb = neighbours(x, settings.max_neighbours, generator)
         vals = _values(acqf, nb, settings.chunk)
-        vals[torch.tensor([k in excluded for k in _keys(nb)], dtype=torch.bool)] = float("-inf")
+        vals[torch.tensor([k in excluded for k in keys(nb)], dtype=torch.bool)] = float("-inf")
         j = int(vals.argmax())
         if not float(vals[j]) > v:
             break
@@ -212,7 +172,7 @@ def _start_candidates(train: torch.Tensor, settings: SearchSettings, generator: 
     return torch.cat([train, raw])
 
 
-def propose(state: "SearchState", progress: Optional[ProgressFn] = None) -> tuple[torch.Tensor, dict]:
+def propose(state: SearchState, progress: ProgressFn | None = None) -> tuple[torch.Tensor, dict]:
     """q new configurations maximising qLogEHVI, none equal to an evaluated configuration.
 
     The q points are chosen one after another. Joint q-point EHVI costs 2^q terms per call (measured: 20x slower at
@@ -230,7 +190,7 @@ def propose(state: "SearchState", progress: Optional[ProgressFn] = None) -> tupl
     t1 = time.perf_counter()
     Y = torch.stack([-state.loss, -avg_bits(X, state.layout)], dim=-1)
     ref = reference_point(Y, s.ref_margin)
-    excluded = set(_keys(X))
+    excluded = set(keys(X))
     candidates = _start_candidates(X[state.selected], s, g)
     chosen: list[torch.Tensor] = []
     for j in range(s.proposals):
@@ -252,7 +212,7 @@ def propose(state: "SearchState", progress: Optional[ProgressFn] = None) -> tupl
     return (torch.stack(chosen) if chosen else X[:0]), timings
 
 
-def random_proposals(state: "SearchState", n: int, allocate: Optional[Callable[[float], ModelConfig]] = None,
+def random_proposals(state: SearchState, n: int, allocate: Callable[[float], ModelConfig] | None = None,
                      max_tries: int = 20) -> torch.Tensor:
     """The ``random`` baseline: ``n`` new configurations not yet evaluated.
 
@@ -265,7 +225,7 @@ def random_proposals(state: "SearchState", n: int, allocate: Optional[Callable[[
     """
     g = torch.Generator().manual_seed(state.settings.seed + 1000 * state.round + 7)
     lo, hi = state.plane.bits_range
-    seen, out = set(_keys(state.X)), []
+    seen, out = set(keys(state.X)), []
     for _ in range(n):
         for _ in range(max_tries):
             if allocate is not None:
@@ -280,150 +240,15 @@ def random_proposals(state: "SearchState", n: int, allocate: Optional[Callable[[
     return torch.stack(out) if out else state.X[:0]
 
 
-@dataclass
-class SearchState:
-    """Every configuration evaluated in a run, the current training set, and per-round hypervolumes and timings.
-
-    Three stable, pandas-ready tables (lists of flat dicts; ``to_dict`` / ``from_dict`` round-trip them as JSON):
-
-    - ``pool``: one row per distinct configuration: ``id, round`` (first evaluated), ``source`` (initial / search /
-      random), ``avg_bits``, ``f1`` (latest measurement), ``f1_round``, ``options`` (N indices into ALL_OPTIONS).
-    - ``history``: one row per configuration per round after that round's selection: ``round, id, source, avg_bits,
-      f1, segment, selected``: what the dashboard animates.
-    - ``rounds``: one row per round: ``round, mode, n_pool, n_train, n_new, hv_pool, hv_train`` and ``seconds_*``.
-
-    Hypervolumes are in ``plane`` (fixed from the initial set); segments span ``plane.bits_range``.
-    """
-
-    layout: ModelLayout
-    settings: SearchSettings
-    plane: HypervolumePlane
-    pool: list[dict] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)
-    rounds: list[dict] = field(default_factory=list)
-    round: int = 0
-    selected: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
-
-    @classmethod
-    def start(cls, layout: ModelLayout, initial: Sequence[ModelConfig], evaluate: Evaluate,
-              settings: SearchSettings = SearchSettings(), plane: Optional[HypervolumePlane] = None) -> "SearchState":
-        """Evaluate the initial set (duplicates dropped), fix the hypervolume plane from it, select, log round 0."""
-        t0 = time.perf_counter()
-        first: dict[tuple[int, ...], torch.Tensor] = {}
-        for c in initial:  # the allocator can return one configuration for neighbouring budgets: keep one copy
-            first.setdefault(tuple(c.option_indices().tolist()), c.option_indices())
-        X = torch.stack(list(first.values()))
-        loss = torch.as_tensor([float(v) for v in evaluate([ModelConfig.from_option_indices(layout, x) for x in X])],
-                               dtype=torch.float64)
-        plane = plane or HypervolumePlane.from_points(avg_bits(X, layout), loss, settings.ref_margin)
-        state = cls(layout, settings, plane)
-        state.add(X, loss, "initial")
-        state.close_round("initial", len(X), {"seconds_fit": 0.0, "seconds_acquisition": 0.0,
-                                             "seconds_evaluate": time.perf_counter() - t0})
-        return state
-
-    # ----- tensors of the pool ------------------------------------------------------------------------------------
-    @property
-    def X(self) -> torch.Tensor:
-        """``(n, N)`` int64 option indices of every evaluated configuration, in id order."""
-        if not self.pool:
-            return torch.zeros(0, len(self.layout), dtype=torch.int64)
-        return torch.tensor([r["options"] for r in self.pool], dtype=torch.int64)
-
-    @property
-    def loss(self) -> torch.Tensor:
-        """``(n,)`` float64 latest f1 of each configuration."""
-        return torch.tensor([r["f1"] for r in self.pool], dtype=torch.float64)
-
-    @property
-    def bits(self) -> torch.Tensor:
-        return torch.tensor([r["avg_bits"] for r in self.pool], dtype=torch.float64)
-
-    def training_set(self) -> list[ModelConfig]:
-        """The configurations the adapter trains on next (segment-wise Pareto selection)."""
-        return [ModelConfig.from_option_indices(self.layout, r["options"])
-                for r, s in zip(self.pool, self.selected.tolist()) if s]
-
-    # ----- updates ------------------------------------------------------------------------------------------------
-    def add(self, X: torch.Tensor, loss: torch.Tensor, source: str) -> None:
-        """Record evaluated configurations ``(n, N)`` with their ``(n,)`` f1 in the current round."""
-        if source not in SOURCES:
-            raise ValueError(f"Unknown configuration source {source!r}; choose one of {SOURCES}.")
-        seen = set(_keys(self.X))
-        for x, v, b in zip(X.tolist(), torch.as_tensor(loss).tolist(), avg_bits(X, self.layout).tolist()):
-            if tuple(x) in seen:
-                raise ValueError("This configuration was already evaluated; the search never proposes duplicates.")
-            seen.add(tuple(x))
-            self.pool.append({"id": len(self.pool), "round": self.round, "source": source, "avg_bits": b,
-                              "f1": float(v), "f1_round": self.round, "options": x})
-        self.selected = torch.cat([self.selected, torch.zeros(len(X), dtype=torch.bool)])
-
-    def refresh(self, evaluate: Evaluate, which: str = "train") -> None:
-        """Re-measure f1 of the training set (``"train"``) or of the whole pool (``"pool"``) with the current
-        adapter, so the GP and the selection compare losses of the same adapter."""
-        ids = [i for i, s in enumerate(self.selected.tolist()) if s or which == "pool"]
-        losses = evaluate([ModelConfig.from_option_indices(self.layout, self.pool[i]["options"]) for i in ids])
-        for i, v in zip(ids, losses):
-            self.pool[i]["f1"], self.pool[i]["f1_round"] = float(v), self.round
-
-    def close_round(self, mode: str, n_new: int, timings: dict) -> dict:
-        """Segment-wise selection over the pool, then log the round's history rows and hypervolumes."""
-        selected, segments = segment_select(self.bits, self.loss, self.settings.segments, self.plane.bits_range)
-        self.selected = selected
-        for r, s, u in zip(self.pool, selected.tolist(), segments.tolist()):
-            self.history.append({"round": self.round, "id": r["id"], "source": r["source"], "avg_bits": r["avg_bits"],
-                                 "f1": r["f1"], "segment": u, "selected": s})
-        row = {"round": self.round, "mode": mode, "n_pool": len(self.pool), "n_train": int(selected.sum()),
-               "n_new": n_new, "hv_pool": self.plane.hypervolume(self.bits, self.loss),
-               "hv_train": self.plane.hypervolume(self.bits[selected], self.loss[selected]), **timings}
-        self.rounds.append(row)
-        return row
-
-    # ----- tables and persistence ---------------------------------------------------------------------------------
-    def pool_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.pool)
-
-    def history_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.history)
-
-    def rounds_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.rounds)
-
-    def to_dict(self) -> dict:
-        return {"format_version": STATE_VERSION, "model": self.layout.model_id, "targets": list(self.layout.names),
-                "settings": asdict(self.settings), "plane": self.plane.to_dict(), "round": self.round,
-                "selected": self.selected.tolist(), "pool": self.pool, "history": self.history, "rounds": self.rounds}
-
-    @classmethod
-    def from_dict(cls, d: dict, layout: ModelLayout) -> "SearchState":
-        if d.get("format_version") != STATE_VERSION:
-            raise ValueError(f"Unsupported search state format_version {d.get('format_version')!r}; this version "
-                             f"reads {STATE_VERSION}.")
-        if tuple(d["targets"]) != layout.names:
-            raise ValueError("This search state belongs to a different model (its target matrices differ).")
-        return cls(layout, SearchSettings(**d["settings"]), HypervolumePlane.from_dict(d["plane"]),
-                   [dict(r) for r in d["pool"]], [dict(r) for r in d["history"]], [dict(r) for r in d["rounds"]],
-                   int(d["round"]), torch.tensor(d["selected"], dtype=torch.bool))
-
-
-def search_round(state: SearchState, evaluate: Evaluate, mode: str = "search",
-                 allocate: Optional[Callable[[float], ModelConfig]] = None,
-                 checkpoint: Optional[Callable[[SearchState], None]] = None,
-                 progress: Optional[ProgressFn] = None) -> dict:
-    """One round: propose (``search``: qLogEHVI; ``random``: :func:`random_proposals`; ``frozen``: nothing), evaluate
-    f1 for real, add to the pool, call ``checkpoint`` (so a kill after this point loses no evaluation), re-select.
-
-    Returns:
-        The round's row of ``state.rounds``.
-    """
+def begin_round(state: SearchState, mode: str = "search",
+                allocate: Callable[[float], ModelConfig] | None = None,
+                progress: ProgressFn | None = None) -> None:
+    """Open the next round: propose (``search``: qLogEHVI; ``random``: :func:`random_proposals`; ``frozen``:
+    nothing) and park the proposals in ``state.pending``, to be saved before any of them is evaluated."""
     if mode not in MODES:
         raise ValueError(f"Unknown search mode {mode!r}; choose one of {MODES}.")
+    if state.round_open:
+        raise ValueError(f"Round {state.round} is still open; finish it (finish_round) before starting another.")
     state.round += 1
     timings = {"seconds_fit": 0.0, "seconds_acquisition": 0.0}
     if mode == "search":
@@ -432,12 +257,50 @@ def search_round(state: SearchState, evaluate: Evaluate, mode: str = "search",
         X = random_proposals(state, state.settings.proposals, allocate)
     else:
         X = state.X[:0]
+    source = "search" if mode == "search" else "random"
+    state.pending = [{"options": x, "source": source} for x in X.tolist()]
+    state.pending_mode, state.pending_timings = mode, timings
+
+
+def finish_round(state: SearchState, evaluate: Evaluate, checkpoint: Callable[[SearchState], None] | None = None,
+                 progress: ProgressFn | None = None) -> dict:
+    """Evaluate the open round's pending proposals one by one for real, adding each to the pool and calling
+    ``checkpoint`` after each (a kill loses at most the evaluation in flight), then re-select the training set.
+
+    Returns:
+        The round's row of ``state.rounds``.
+    """
+    if not state.round_open:
+        raise ValueError("No search round is open; begin_round first.")
     t0 = time.perf_counter()
-    if len(X):
-        losses = evaluate([ModelConfig.from_option_indices(state.layout, x) for x in X])
-        state.add(X, torch.as_tensor([float(v) for v in losses], dtype=torch.float64), "search" if mode == "search"
-                  else "random")
+    seen = set(keys(state.X))
+    todo = [p for p in state.pending if tuple(p["options"]) not in seen]  # a resumed round skips what it has
+    done = len(state.pending) - len(todo)
+    for i, p in enumerate(todo):
+        x = torch.tensor([p["options"]], dtype=torch.int64)
+        loss = float(evaluate([ModelConfig.from_option_indices(state.layout, x[0])])[0])
+        state.add(x, torch.tensor([loss], dtype=torch.float64), p["source"])
         if checkpoint is not None:
             checkpoint(state)
-    timings["seconds_evaluate"] = time.perf_counter() - t0
-    return state.close_round(mode, len(X), timings)
+        report(progress, done + i + 1, len(state.pending), "evaluating proposals")
+    timings = dict(state.pending_timings)
+    timings["seconds_evaluate"] = timings.get("seconds_evaluate", 0.0) + time.perf_counter() - t0
+    row = state.close_round(state.pending_mode, len(state.pending), timings)
+    if checkpoint is not None:
+        checkpoint(state)
+    return row
+
+
+def search_round(state: SearchState, evaluate: Evaluate, mode: str = "search",
+                 allocate: Callable[[float], ModelConfig] | None = None,
+                 checkpoint: Callable[[SearchState], None] | None = None,
+                 progress: ProgressFn | None = None) -> dict:
+    """One whole round: :func:`begin_round` then :func:`finish_round`.
+
+    Returns:
+        The round's row of ``state.rounds``.
+    """
+    begin_round(state, mode, allocate, progress)
+    if checkpoint is not None:
+        checkpoint(state)
+    return finish_round(state, evaluate, checkpoint, progress)

@@ -38,6 +38,7 @@ from .runs import (
     write_configs,
     write_run_info,
 )
+from .search_run import SEARCH_MODES, RunSearch
 
 METHODS = ("coa", "shared", "qlora", "lqlora")
 OBJECTIVES = ("lm", "kd")
@@ -78,6 +79,12 @@ class TrainOptions:
     eval_every: int = 20  # held-out probe loss every this many steps (and at the end)
     probe_windows: int = 8  # held-out windows of the probe loss
     probe_configs: int = 3  # configurations of the set (lowest, middle, highest bits) the probe runs under
+    # Pareto search (coa_lora.search_run): "search" alternates R + 1 epochs with R rounds that add ``proposals``
+    # configurations each and re-select the set over ``segments`` bit segments; "random" / "frozen" are its ablations.
+    search: str = "off"
+    rounds: int = 3
+    segments: int = 40  # U (the paper's value)
+    proposals: int = 5  # q
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -85,12 +92,21 @@ class TrainOptions:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}; choose one of {OBJECTIVES}.")
         positive = ("steps", "configs_per_step", "rank", "grad_accumulation", "batch_size", "seq_length",
-                    "checkpoint_every", "eval_every", "probe_windows", "probe_configs")
+                    "checkpoint_every", "eval_every", "probe_windows", "probe_configs", "rounds", "segments",
+                    "proposals")
         bad = [n for n in positive if int(getattr(self, n)) < 1]
         if bad:
             raise ValueError(f"TrainOptions.{bad[0]} must be a positive integer, got {getattr(self, bad[0])}.")
         if not self.budgets:
             raise ValueError("TrainOptions.budgets needs at least one budget.")
+        if self.search not in SEARCH_MODES:
+            raise ValueError(f"Unknown search mode {self.search!r}; choose one of {SEARCH_MODES}.")
+        if self.search != "off" and self.method in SINGLE_CONFIG_METHODS:
+            raise ValueError(f"Method {self.method!r} trains on one configuration; the search needs a configuration "
+                             f"set (methods coa or shared).")
+        if self.search != "off" and self.rounds >= self.steps:
+            raise ValueError(f"{self.rounds} search rounds need more than {self.rounds} training steps (one epoch of "
+                             f"at least one step between rounds), got steps={self.steps}.")
         if self.method in SINGLE_CONFIG_METHODS and len(self.budgets) != 1:
             raise ValueError(f"Method {self.method!r} trains one adapter per configuration: give exactly one budget "
                              f"(one run per budget), got {len(self.budgets)}.")
@@ -189,7 +205,7 @@ def _prepare_folder(folder: Path, info: RunInfo, resume: bool) -> None:
         saved = read_run_info(folder)
         if saved.weight_hash != info.weight_hash:
             raise ValueError(f"Run {folder} was trained on a different model; resume it with that model.")
-        if saved.hyper != info.hyper or saved.method != info.method:
+        if TrainOptions.from_dict(saved.hyper).to_dict() != info.hyper or saved.method != info.method:
             raise ValueError(f"Run {folder} was started with other training options; resume it with the same ones.")
     elif exists:
         raise ValueError(f"Run folder {folder} already holds a run; pass resume=True (--resume) or another folder.")
@@ -251,12 +267,18 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
     probe = probe_windows(wb.tokenizer, options.seq_length, options.probe_windows)
     by_bits = sorted(range(len(configs)), key=lambda i: configs[i].avg_bits)
     picks = torch.linspace(0, len(by_bits) - 1, min(options.probe_configs, len(by_bits))).round().long().tolist()
-    probe_set = [configs[by_bits[i]] for i in dict.fromkeys(picks)]
-    k = min(options.configs_per_step, len(configs))
+    probe_set = [configs[by_bits[i]] for i in dict.fromkeys(picks)]  # fixed by the initial set, whatever the search
+    search = None
+    if options.search != "off":
+        search = RunSearch(wb, coa, activate, folder, options, probe, options.batch_size, progress)
+        configs = search.open(configs)
 
     for step in range(start, options.steps):
+        if search is not None and search.due(step):
+            configs = search.run_round(step)
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
+        k = min(options.configs_per_step, len(configs))
         chosen = torch.randperm(len(configs), generator=g)[:k].tolist()
         batches = [pool[torch.randint(len(pool), (options.batch_size,), generator=g)]
                    for _ in range(options.grad_accumulation)]
@@ -274,11 +296,15 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
         if (step + 1) % options.eval_every == 0 or step + 1 == options.steps:
             row.update(_probe(coa, activate, probe_set, probe, options.batch_size))
         append_metrics(folder, row)
-        if (step + 1) % options.checkpoint_every == 0 or step + 1 == options.steps:
+        # A round needs the adapter of its step on disk before it starts: a kill during the round resumes there.
+        round_next = search is not None and search.due(step + 1)
+        if (step + 1) % options.checkpoint_every == 0 or step + 1 == options.steps or round_next:
             save_checkpoint(folder, step + 1, params, optimizer, info.weight_hash)
         if on_step is not None:
             on_step(row)
         report(progress, step + 1, options.steps, f"loss {total:.3f}")
+    if search is not None:
+        search.finish(options.steps)
     coa.train(False)
     with torch.no_grad():
         activate(configs[0])

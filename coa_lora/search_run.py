@@ -1,0 +1,148 @@
+"""The search inside a training run (METHOD.md §6): R + 1 training epochs with a search round between each two.
+
+    train(wb, TrainOptions(search="search", rounds=3), "runs/NAME")   # the trainer drives a RunSearch
+
+f1 of a configuration is the CURRENT adapter's next-token loss on the run's fixed held-out probe windows (the same
+windows every round); f2 is its exact average bits. Before each round the training set's f1 is re-measured, so the GP,
+the selection and the hypervolumes compare losses of one adapter. The state is saved in the run folder after every
+single evaluation, and the hypervolume plane fixed by the initial set goes into run.json.
+
+Resume: the trainer checkpoints the adapter at a round's step before the round starts, so a run killed during a round
+restarts from that checkpoint, finds the round open in search.json, and evaluates only the proposals it had not;
+the GP, the proposals and the f1 values are deterministic, so the resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .progress import ProgressFn, report
+from .runs import read_run_info, read_search, write_run_info, write_search
+from .search import MODES, begin_round, finish_round
+from .search_state import SearchSettings, SearchState
+
+SEARCH_MODES = ("off",) + MODES
+
+
+def round_steps(steps: int, rounds: int) -> list[int]:
+    """The step counts after which rounds 1..R run: the ``steps`` split into R + 1 near-equal epochs."""
+    return [round(r * steps / (rounds + 1)) for r in range(1, rounds + 1)]
+
+
+@contextmanager
+def _threads(n: int):
+    # The acquisition works on small tensors: one intra-op thread is fastest (bench/search_round.py), and extra
+    # threads contend with nothing useful.
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def probe_loss(model: torch.nn.Module, windows: torch.Tensor, batch: int) -> float:
+    """Mean next-token loss of ``model`` over ``(n, seq)`` token windows, in batches of ``batch`` (no grad)."""
+    with torch.no_grad():
+        parts = [model(input_ids=w, labels=w).loss.item() * len(w) for w in windows.split(batch)]
+    return sum(parts) / len(windows)
+
+
+class RunSearch:
+    """A run's search: the state on disk, the f1 measurement, and the rounds due at each step.
+
+    Args:
+        wb: the run's :class:`~coa_lora.Workbench` (its allocator draws the ``random`` ablation's configurations).
+        coa: the adapter being trained (:class:`~coa_lora.adapter.CoALoRAModel`).
+        activate: switches the model to a configuration (the trainer's, which also handles LQ bases).
+        folder: the run folder.
+        options: the run's TrainOptions (``search``, ``rounds``, ``segments``, ``proposals``, ``seed``, ``steps``).
+        probe: ``(n, seq)`` the fixed held-out windows f1 is measured on.
+        batch: windows per forward pass.
+    """
+
+    def __init__(self, wb, coa, activate: Callable[[ModelConfig], None], folder: str | Path, options,
+                 probe: torch.Tensor, batch: int, progress: ProgressFn | None = None) -> None:
+        self.wb, self.coa, self.activate, self.folder = wb, coa, activate, Path(folder)
+        self.mode, self.options, self.probe, self.batch, self.progress = options.search, options, probe, batch, progress
+        self.settings = SearchSettings(segments=options.segments, proposals=options.proposals, seed=options.seed)
+        self.schedule = round_steps(options.steps, options.rounds)
+        self.state: SearchState | None = None
+
+    def f1(self, configs: Sequence[ModelConfig]) -> list[float]:
+        """The current adapter's probe loss under each configuration (dropout off; training mode is restored)."""
+        self.coa.train(False)
+        out = []
+        try:
+            for config in configs:
+                with torch.no_grad():
+                    self.activate(config)
+                out.append(probe_loss(self.coa.model, self.probe, self.batch))
+        finally:
+            self.coa.train(True)
+        return out
+
+    def save(self, state: SearchState) -> None:
+        write_search(self.folder, state)
+
+    def open(self, initial: Sequence[ModelConfig]) -> list[ModelConfig]:
+        """Load the run's search, or evaluate the initial set with the current adapter (round 0) and fix the
+        hypervolume plane in run.json. Returns the training set."""
+        self.state = read_search(self.folder, self.wb.layout)
+        if self.state is None:
+            report(self.progress, 0, self.options.steps, f"search: evaluating {len(initial)} initial configurations")
+            self.state = SearchState.start(self.wb.layout, initial, self.f1, self.settings,
+                                           keep_initial=self.mode == "frozen")
+            self.save(self.state)
+            info = read_run_info(self.folder)
+            write_run_info(self.folder, dataclasses.replace(info, search_plane=self.state.plane.to_dict()))
+        return self.state.training_set()
+
+    def due(self, step: int) -> bool:
+        """Whether a round has to run before training step ``step`` (0-based)."""
+        completed = sum(r["mode"] != "initial" for r in self.state.rounds)
+        return completed < len(self.schedule) and step >= self.schedule[completed]
+
+    def run_round(self, step: int) -> list[ModelConfig]:
+        """Run (or finish, after a kill) the round due at ``step``; returns the new training set."""
+        state = self.state
+        r = state.round + (0 if state.round_open else 1)
+
+        def progress(done: int, total: int, message: str) -> None:
+            report(self.progress, step, self.options.steps, f"search round {r}: {message} {done}/{total}")
+
+        if not state.round_open:
+            progress(0, int(state.selected.sum()), "re-measuring the training set")
+            t0 = time.perf_counter()
+            state.refresh(self.f1, "train")
+            seconds_refresh = time.perf_counter() - t0
+            with _threads(1):
+                begin_round(state, self.mode, self._allocate, progress)
+            state.pending_timings["seconds_refresh"] = seconds_refresh
+            self.save(state)
+        finish_round(state, self.f1, self.save, progress)
+        return state.training_set()
+
+    def finish(self, step: int) -> None:
+        """After the last epoch: re-measure the training set with the final adapter and log it as a ``final`` round
+        (no proposals), so the last epoch's effect shows in the hypervolumes too. Idempotent across resumes."""
+        state = self.state
+        if state.rounds[-1]["mode"] == "final":
+            return
+        report(self.progress, step, self.options.steps, "search: re-measuring the final training set")
+        t0 = time.perf_counter()
+        state.refresh(self.f1, "train")
+        state.round += 1
+        state.close_round("final", 0, {"seconds_fit": 0.0, "seconds_acquisition": 0.0,
+                                       "seconds_refresh": time.perf_counter() - t0, "seconds_evaluate": 0.0})
+        self.save(state)
+
+    def _allocate(self, budget: float) -> ModelConfig:
+        return self.wb.allocate(budget).config
+
