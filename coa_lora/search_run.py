@@ -120,7 +120,7 @@ class RunSearch:
         if not state.round_open:
             progress(0, int(state.selected.sum()), "re-measuring the training set")
             t0 = time.perf_counter()
-            state.refresh(self.f1, "train")
+            state.refresh(self.f1, "train", for_round=state.round + 1)
             seconds_refresh = time.perf_counter() - t0
             with _threads(1):
                 begin_round(state, self.mode, self._allocate, progress)
@@ -137,8 +137,8 @@ class RunSearch:
             return
         report(self.progress, step, self.options.steps, "search: re-measuring the final training set")
         t0 = time.perf_counter()
-        state.refresh(self.f1, "train")
         state.round += 1
+        state.refresh(self.f1, "train")
         state.close_round("final", 0, {"seconds_fit": 0.0, "seconds_acquisition": 0.0,
                                        "seconds_refresh": time.perf_counter() - t0, "seconds_evaluate": 0.0})
         self.save(state)

@@ -66,7 +66,8 @@ class SearchState:
     Three stable, pandas-ready tables (lists of flat dicts; ``to_dict`` / ``from_dict`` round-trip them as JSON):
 
     - ``pool``: one row per distinct configuration: ``id, round`` (first evaluated), ``source`` (initial / search /
-      random), ``avg_bits``, ``f1`` (latest measurement), ``f1_round``, ``options`` (N indices into ALL_OPTIONS).
+      random), ``avg_bits``, ``f1`` (latest measurement), ``f1_round`` (the round whose selection it was measured
+      for), ``options`` (N indices into ALL_OPTIONS).
     - ``history``: one row per configuration per round after that round's selection: ``round, id, source, avg_bits,
       f1, segment, selected``: what the dashboard animates.
     - ``rounds``: one row per round: ``round, mode, n_pool, n_train, n_new, hv_pool, hv_train`` and ``seconds_*``.
@@ -151,13 +152,14 @@ class SearchState:
                               "f1": float(v), "f1_round": self.round, "options": x})
         self.selected = torch.cat([self.selected, torch.zeros(len(X), dtype=torch.bool)])
 
-    def refresh(self, evaluate: Evaluate, which: str = "train") -> None:
+    def refresh(self, evaluate: Evaluate, which: str = "train", for_round: int | None = None) -> None:
         """Re-measure f1 of the training set (``"train"``) or of the whole pool (``"pool"``) with the current
-        adapter, so the GP and the selection compare losses of the same adapter."""
+        adapter, so the GP and the selection compare losses of the same adapter. ``for_round``: the round the new
+        values are measured for (default: the current one)."""
         ids = [i for i, s in enumerate(self.selected.tolist()) if s or which == "pool"]
         losses = evaluate([ModelConfig.from_option_indices(self.layout, self.pool[i]["options"]) for i in ids])
         for i, v in zip(ids, losses):
-            self.pool[i]["f1"], self.pool[i]["f1_round"] = float(v), self.round
+            self.pool[i]["f1"], self.pool[i]["f1_round"] = float(v), self.round if for_round is None else for_round
 
     def close_round(self, mode: str, n_new: int, timings: dict) -> dict:
         """Segment-wise selection over the pool, then log the round's history rows and hypervolumes."""

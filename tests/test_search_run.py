@@ -56,6 +56,8 @@ def test_training_with_search_trains_on_each_rounds_selection(tmp_path):
     assert (rounds["seconds_fit"].iloc[1:3] > 0).all() and (rounds["seconds_refresh"].iloc[1:] > 0).all()
     final = history[history["round"] == 3]
     assert (final["f1"] != history[history["round"] == 2]["f1"].values).any()  # re-measured with the final adapter
+    remeasured = pool[pool["id"].isin(history[(history["round"] == 2) & history["selected"]]["id"])]
+    assert (remeasured["f1_round"] == 3).all()
     # The plane in run.json is the one every hypervolume was computed in.
     plane = HypervolumePlane.from_dict(read_run_info(tmp_path).search_plane)
     state = json.loads((tmp_path / "search.json").read_text())
