@@ -13,7 +13,7 @@ import itertools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -121,11 +121,14 @@ def table_key(weights: Mapping[str, torch.Tensor], weighting: str, extra: str = 
 def load_or_compute(
     weights: Mapping[str, torch.Tensor],
     cache_dir: Path,
-    importance: Optional[Mapping[str, torch.Tensor]] = None,
+    importance: Optional[Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]]] = None,
     importance_settings: str = "",
     progress: Optional[ProgressFn] = None,
 ) -> DamageTable:
-    """The damage table of ``weights`` from ``cache_dir`` if present, else computed and saved there (atomically)."""
+    """The damage table of ``weights`` from ``cache_dir`` if present, else computed and saved there (atomically).
+
+    ``importance`` may be a zero-argument function: it is called only when the table is not cached (the cache key
+    depends on ``importance_settings``, not on the values), so a cached Fisher table costs no backward passes."""
     weighting = "none" if importance is None else "fisher"
     key = table_key(weights, weighting, importance_settings)
     path = Path(cache_dir) / f"damage-{key}.safetensors"
@@ -139,6 +142,8 @@ def load_or_compute(
         shape_ok = values is not None and values.shape == (len(names), len(ALL_OPTIONS))
         if meta.get("names") == "\n".join(names) and shape_ok:
             return DamageTable(names, values, weighting, key, float(meta.get("seconds", "nan")))
+    if callable(importance):
+        importance = importance()
     values, seconds = compute_damage_table(weights, importance, progress)
     meta = {"names": "\n".join(names), "weighting": weighting, "seconds": f"{seconds:.3f}", "version": TABLE_VERSION}
     write_safetensors(path, {"values": values}, meta)
@@ -171,13 +176,15 @@ def fisher_diagonal(
     try:
         for p in params:
             p.requires_grad_(True)
-        for i, seq in enumerate(batches):
-            ids = seq[None].to(params[0].device)
-            loss = model(input_ids=ids, labels=ids).loss
-            for f, g in zip(fisher, torch.autograd.grad(loss, params)):
-                f += g.float() ** 2
-            report(progress, i + 1, len(batches), "fisher")
+        with torch.enable_grad():  # callers (a UI, an eval loop) may hold no_grad; the Fisher needs gradients
+            for i, seq in enumerate(batches):
+                ids = seq[None].to(params[0].device)
+                loss = model(input_ids=ids, labels=ids).loss
+                for f, g in zip(fisher, torch.autograd.grad(loss, params)):
+                    f += g.float() ** 2
+                report(progress, i + 1, len(batches), "fisher")
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
     return {n: f / len(batches) for n, f in zip(names, fisher)}
+

@@ -7,6 +7,7 @@ tables, the allocator and live configuration switching.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -74,21 +75,24 @@ class Workbench:
             weights = {t.name: self.qmodel.original_weight(t.name) for t in self.layout.targets}
             importance, settings = None, ""
             if weighting == "fisher":
-                from .data import calibration_batches
-
-                batches = calibration_batches(self.tokenizer, FISHER_SEQUENCES, FISHER_LENGTH, FISHER_SEED)
-                current = self.qmodel.config
-                self.qmodel.restore_()
-                try:
-                    # The Fisher of the bare full-precision base: an adapter wrapped around it must not count.
-                    with adapters_disabled(self.model):
-                        importance = fisher_diagonal(self.model, self.qmodel.parameters, batches, progress)
-                finally:
-                    if current is not None:
-                        self.qmodel.apply_(current)
+                importance = functools.partial(self._fisher, progress)  # called only on a cache miss
                 settings = f"fisher:{FISHER_SEQUENCES}x{FISHER_LENGTH}:seed{FISHER_SEED}"
             self._tables[weighting] = load_or_compute(weights, cache_dir() / "damage", importance, settings, progress)
         return self._tables[weighting]
+
+    def _fisher(self, progress: Optional[ProgressFn] = None) -> dict[str, torch.Tensor]:
+        """Diagonal Fisher of the bare full-precision base (adapters off), whatever configuration is applied now."""
+        from .data import calibration_batches
+
+        batches = calibration_batches(self.tokenizer, FISHER_SEQUENCES, FISHER_LENGTH, FISHER_SEED)
+        current = self.qmodel.config
+        self.qmodel.restore_()
+        try:
+            with adapters_disabled(self.model):  # an adapter wrapped around the base must not count
+                return fisher_diagonal(self.model, self.qmodel.parameters, batches, progress)
+        finally:
+            if current is not None:
+                self.qmodel.apply_(current)
 
     def allocator(self, weighting: str = DEFAULT_WEIGHTING, progress: Optional[ProgressFn] = None) -> Allocator:
         if weighting not in self._allocators:

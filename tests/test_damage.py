@@ -43,7 +43,25 @@ def test_fisher_is_nonnegative_and_restores_flags():
     for name, f in fisher.items():
         assert f.shape == model.get_submodule(name).weight.shape and (f >= 0).all() and f.sum() > 0
     assert not any(p.requires_grad for p in model.parameters())
+    with torch.no_grad():  # a caller inside no_grad (the app, an eval loop) gets the same Fisher
+        inside = fisher_diagonal(model, layout.names, ids)
+    assert all(torch.equal(inside[n], fisher[n]) for n in fisher)
     # Weighting changes which option hurts most on a matrix but not the ordering of NF bits.
     w = model.get_submodule(layout.names[0]).weight
     weighted = matrix_damage(w, fisher[layout.names[0]])
     assert not torch.allclose(weighted / weighted.sum(), matrix_damage(w) / matrix_damage(w).sum())
+
+
+def test_a_cached_table_never_computes_its_importance(tmp_path):
+    model = load_model("tiny")
+    layout = layout_of(model, "tiny")
+    weights = {n: model.get_submodule(n).weight.detach() for n in layout.names[:2]}
+    calls = []
+
+    def importance():  # stands in for the Fisher: backward passes that a cache hit must not pay for
+        calls.append(1)
+        return {n: torch.ones_like(w) for n, w in weights.items()}
+
+    first = load_or_compute(weights, tmp_path, importance, "ones")
+    again = load_or_compute(weights, tmp_path, importance, "ones")
+    assert calls == [1] and torch.equal(first.values, again.values) and again.weighting == "fisher"
