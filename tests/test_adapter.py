@@ -136,3 +136,26 @@ def test_fisher_of_a_wrapped_model_is_the_bare_base_models():
     wrapped = fisher_diagonal(coa.model, coa.qmodel.parameters, ids)  # adapter on: a different Fisher
     assert not all(torch.allclose(wrapped[n], expected[n]) for n in expected)
     assert all(w.enabled for w in coa.wrappers.values())
+
+
+def test_workbench_fisher_under_an_adapter_and_a_configuration_is_the_bare_base_models():
+    # The Fisher the allocator uses on a cache miss, asked for while a trained adapter is wrapped around the model
+    # and a configuration is applied (what export and the app do), inside no_grad.
+    from coa_lora import Workbench, fisher_diagonal
+    from coa_lora.data import calibration_batches
+    from coa_lora.space import preset
+    from coa_lora.workbench import FISHER_LENGTH, FISHER_SEED, FISHER_SEQUENCES
+
+    wb = Workbench.load("tiny")
+    coa = CoALoRAModel(wb.qmodel, AdapterOptions())
+    perturb_(coa)
+    config = ModelConfig.uniform(wb.layout, preset("nf3"))
+    coa.set_config(config)
+    with torch.no_grad():
+        got = wb._fisher()
+    assert wb.qmodel.config == config  # the configuration is back
+    bare = load_model("tiny")
+    batches = calibration_batches(wb.tokenizer, FISHER_SEQUENCES, FISHER_LENGTH, FISHER_SEED)
+    expected = fisher_diagonal(bare, list(got), batches)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name])
