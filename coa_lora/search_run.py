@@ -100,7 +100,8 @@ class RunSearch:
             self.state = SearchState.start(self.wb.layout, initial, self.f1, self.settings,
                                            keep_initial=self.mode == "frozen")
             self.save(self.state)
-            info = read_run_info(self.folder)
+        info = read_run_info(self.folder)
+        if info.search_plane is None:  # also after a kill between saving the state and this write
             write_run_info(self.folder, dataclasses.replace(info, search_plane=self.state.plane.to_dict()))
         return self.state.training_set()
 
