@@ -37,7 +37,7 @@ from .space import ALL_OPTIONS, FIELD_VALUES
 from .surrogate import fit_surrogate
 
 MODES = ("search", "random", "frozen")
-__all__ = ["MODES", "SearchSettings", SearchState, "avg_bits", "begin_round", "finish_round", "neighbours",
+__all__ = ["MODES", "SearchSettings", "SearchState", "avg_bits", "begin_round", "finish_round", "neighbours",
            "propose", "random_proposals", "reference_point", "search_round"]
 
 
@@ -273,6 +273,7 @@ def finish_round(state: SearchState, evaluate: Evaluate, checkpoint: Callable[[S
     if not state.round_open:
         raise ValueError("No search round is open; begin_round first.")
     t0 = time.perf_counter()
+    before = state.pending_timings.get("seconds_evaluate", 0.0)  # evaluation time spent before a kill
     seen = set(keys(state.X))
     todo = [p for p in state.pending if tuple(p["options"]) not in seen]  # a resumed round skips what it has
     done = len(state.pending) - len(todo)
@@ -280,11 +281,11 @@ def finish_round(state: SearchState, evaluate: Evaluate, checkpoint: Callable[[S
         x = torch.tensor([p["options"]], dtype=torch.int64)
         loss = float(evaluate([ModelConfig.from_option_indices(state.layout, x[0])])[0])
         state.add(x, torch.tensor([loss], dtype=torch.float64), p["source"])
+        state.pending_timings["seconds_evaluate"] = before + time.perf_counter() - t0
         if checkpoint is not None:
             checkpoint(state)
         report(progress, done + i + 1, len(state.pending), "evaluating proposals")
-    timings = dict(state.pending_timings)
-    timings["seconds_evaluate"] = timings.get("seconds_evaluate", 0.0) + time.perf_counter() - t0
+    timings = {**state.pending_timings, "seconds_evaluate": before + time.perf_counter() - t0}
     row = state.close_round(state.pending_mode, len(state.pending), timings)
     if checkpoint is not None:
         checkpoint(state)

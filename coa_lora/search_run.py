@@ -3,9 +3,11 @@
     train(wb, TrainOptions(search="search", rounds=3), "runs/NAME")   # the trainer drives a RunSearch
 
 f1 of a configuration is the CURRENT adapter's next-token loss on the run's fixed held-out probe windows (the same
-windows every round); f2 is its exact average bits. Before each round the training set's f1 is re-measured, so the GP,
-the selection and the hypervolumes compare losses of one adapter. The state is saved in the run folder after every
-single evaluation, and the hypervolume plane fixed by the initial set goes into run.json.
+windows every round); f2 is its exact average bits. Before each round the f1 of every configuration in the pool is
+re-measured, so the GP, the selection and the hypervolumes compare losses of one adapter (a configuration measured
+rounds ago under an older adapter would otherwise keep its stale, higher loss and never be selected again). The
+state is saved in the run folder after every single evaluation; the hypervolume plane fixed by the initial set goes
+into run.json.
 
 Resume: the trainer checkpoints the adapter at a round's step before the round starts, so a run killed during a round
 restarts from that checkpoint, finds the round open in search.json, and evaluates only the proposals it had not;
@@ -119,9 +121,9 @@ class RunSearch:
             report(self.progress, step, self.options.steps, f"search round {r}: {message} {done}/{total}")
 
         if not state.round_open:
-            progress(0, int(state.selected.sum()), "re-measuring the training set")
+            progress(0, len(state.pool), "re-measuring the pool")
             t0 = time.perf_counter()
-            state.refresh(self.f1, "train", for_round=state.round + 1)
+            state.refresh(self.f1, "pool", for_round=state.round + 1)
             seconds_refresh = time.perf_counter() - t0
             with _threads(1):
                 begin_round(state, self.mode, self._allocate, progress)
@@ -131,17 +133,17 @@ class RunSearch:
         return state.training_set()
 
     def finish(self, step: int) -> None:
-        """After the last epoch: re-measure the training set with the final adapter and log it as a ``final`` round
-        (no proposals), so the last epoch's effect shows in the hypervolumes too. Idempotent across resumes."""
+        """After the last epoch: re-measure the pool with the final adapter and log it as a ``final`` round (no
+        proposals, no re-selection: the training set stays the one the last epoch trained on), so the last epoch's
+        effect shows in the hypervolumes too. Idempotent across resumes."""
         state = self.state
         if state.rounds[-1]["mode"] == "final":
             return
-        report(self.progress, step, self.options.steps, "search: re-measuring the final training set")
+        report(self.progress, step, self.options.steps, "search: re-measuring the pool with the final adapter")
         t0 = time.perf_counter()
         state.round += 1
-        state.refresh(self.f1, "train")
-        state.close_round("final", 0, {"seconds_fit": 0.0, "seconds_acquisition": 0.0,
-                                       "seconds_refresh": time.perf_counter() - t0, "seconds_evaluate": 0.0})
+        state.refresh(self.f1, "pool")
+        state.close_round("final", 0, {"seconds_refresh": time.perf_counter() - t0}, select=False)
         self.save(state)
 
     def _allocate(self, budget: float) -> ModelConfig:

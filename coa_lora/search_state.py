@@ -17,6 +17,7 @@ from .surrogate import DEFAULT_ENCODING, ENCODINGS, OPTION_BITS
 
 STATE_VERSION = 1
 SOURCES = ("initial", "search", "random")
+TIMINGS = ("seconds_fit", "seconds_acquisition", "seconds_evaluate", "seconds_refresh")
 Evaluate = Callable[[Sequence[ModelConfig]], Sequence[float]]
 
 
@@ -69,7 +70,7 @@ class SearchState:
       random), ``avg_bits``, ``f1`` (latest measurement), ``f1_round`` (the round whose selection it was measured
       for), ``options`` (N indices into ALL_OPTIONS).
     - ``history``: one row per configuration per round after that round's selection: ``round, id, source, avg_bits,
-      f1, segment, selected``: what the dashboard animates.
+      f1, f1_round, segment, selected``: what the dashboard animates.
     - ``rounds``: one row per round: ``round, mode, n_pool, n_train, n_new, hv_pool, hv_train`` and ``seconds_*``.
 
     Hypervolumes are in ``plane`` (fixed from the initial set); segments span ``plane.bits_range``. Round ``round`` is
@@ -101,14 +102,16 @@ class SearchState:
         first: dict[tuple[int, ...], torch.Tensor] = {}
         for c in initial:  # the allocator can return one configuration for neighbouring budgets: keep one copy
             first.setdefault(tuple(c.option_indices().tolist()), c.option_indices())
+        if len(first) < 2:
+            raise ValueError(f"The search needs at least 2 distinct initial configurations, got {len(first)} (the "
+                             f"allocator can map neighbouring budgets to one configuration): give more budgets.")
         X = torch.stack(list(first.values()))
         loss = torch.as_tensor([float(v) for v in evaluate([ModelConfig.from_option_indices(layout, x) for x in X])],
                                dtype=torch.float64)
         plane = plane or HypervolumePlane.from_points(avg_bits(X, layout), loss, settings.ref_margin)
         state = cls(layout, settings, plane, keep_initial=keep_initial)
         state.add(X, loss, "initial")
-        state.close_round("initial", len(X), {"seconds_fit": 0.0, "seconds_acquisition": 0.0,
-                                             "seconds_evaluate": time.perf_counter() - t0})
+        state.close_round("initial", len(X), {"seconds_evaluate": time.perf_counter() - t0})
         return state
 
     # ----- tensors of the pool ------------------------------------------------------------------------------------
@@ -143,11 +146,13 @@ class SearchState:
         """Record evaluated configurations ``(n, N)`` with their ``(n,)`` f1 in the current round."""
         if source not in SOURCES:
             raise ValueError(f"Unknown configuration source {source!r}; choose one of {SOURCES}.")
-        seen = set(keys(self.X))
-        for x, v, b in zip(X.tolist(), torch.as_tensor(loss).tolist(), avg_bits(X, self.layout).tolist()):
-            if tuple(x) in seen:
-                raise ValueError("This configuration was already evaluated; the search never proposes duplicates.")
-            seen.add(tuple(x))
+        loss = torch.as_tensor(loss, dtype=torch.float64)
+        new = keys(X)
+        if len(set(new)) < len(new) or set(new) & set(keys(self.X)):
+            raise ValueError("This configuration was already evaluated; the search never proposes duplicates.")
+        if not torch.isfinite(loss).all():  # checked before anything is recorded: a resume must not find it saved
+            raise ValueError(f"A configuration's f1 is not finite ({loss.tolist()}): the adapter has diverged.")
+        for x, v, b in zip(X.tolist(), loss.tolist(), avg_bits(X, self.layout).tolist()):
             self.pool.append({"id": len(self.pool), "round": self.round, "source": source, "avg_bits": b,
                               "f1": float(v), "f1_round": self.round, "options": x})
         self.selected = torch.cat([self.selected, torch.zeros(len(X), dtype=torch.bool)])
@@ -156,23 +161,33 @@ class SearchState:
         """Re-measure f1 of the training set (``"train"``) or of the whole pool (``"pool"``) with the current
         adapter, so the GP and the selection compare losses of the same adapter. ``for_round``: the round the new
         values are measured for (default: the current one)."""
+        if which not in ("train", "pool"):
+            raise ValueError(f"refresh re-measures 'train' (the training set) or 'pool' (every configuration), "
+                             f"got {which!r}.")
         ids = [i for i, s in enumerate(self.selected.tolist()) if s or which == "pool"]
-        losses = evaluate([ModelConfig.from_option_indices(self.layout, self.pool[i]["options"]) for i in ids])
+        losses = torch.as_tensor([float(v) for v in evaluate(
+            [ModelConfig.from_option_indices(self.layout, self.pool[i]["options"]) for i in ids])])
+        if not torch.isfinite(losses).all():
+            raise ValueError(f"A configuration's f1 is not finite ({losses.tolist()}): the adapter has diverged.")
         for i, v in zip(ids, losses):
             self.pool[i]["f1"], self.pool[i]["f1_round"] = float(v), self.round if for_round is None else for_round
 
-    def close_round(self, mode: str, n_new: int, timings: dict) -> dict:
-        """Segment-wise selection over the pool, then log the round's history rows and hypervolumes."""
+    def close_round(self, mode: str, n_new: int, timings: dict, select: bool = True) -> dict:
+        """Segment-wise selection over the pool (``select=False``: keep the current training set, as the final
+        measurement does), then log the round's history rows and hypervolumes."""
         selected, segments = segment_select(self.bits, self.loss, self.settings.segments, self.plane.bits_range)
         if self.keep_initial:
             selected = torch.tensor([r["source"] == "initial" for r in self.pool], dtype=torch.bool)
-        self.selected = selected
+        if select:
+            self.selected = selected
+        selected = self.selected
         for r, s, u in zip(self.pool, selected.tolist(), segments.tolist()):
             self.history.append({"round": self.round, "id": r["id"], "source": r["source"], "avg_bits": r["avg_bits"],
-                                 "f1": r["f1"], "segment": u, "selected": s})
+                                 "f1": r["f1"], "f1_round": r["f1_round"], "segment": u, "selected": s})
         row = {"round": self.round, "mode": mode, "n_pool": len(self.pool), "n_train": int(selected.sum()),
                "n_new": n_new, "hv_pool": self.plane.hypervolume(self.bits, self.loss),
-               "hv_train": self.plane.hypervolume(self.bits[selected], self.loss[selected]), **timings}
+               "hv_train": self.plane.hypervolume(self.bits[selected], self.loss[selected]),
+               **dict.fromkeys(TIMINGS, 0.0), **timings}  # every row has every timing column
         self.rounds.append(row)
         self.pending, self.pending_mode, self.pending_timings = [], "", {}
         return row

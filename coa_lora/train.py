@@ -104,6 +104,9 @@ class TrainOptions:
         if self.search != "off" and self.method in SINGLE_CONFIG_METHODS:
             raise ValueError(f"Method {self.method!r} trains on one configuration; the search needs a configuration "
                              f"set (methods coa or shared).")
+        if self.search != "off" and len(set(self.budgets)) < 2:
+            raise ValueError(f"The search needs a configuration set: give at least 2 budgets, got "
+                             f"{list(self.budgets)}.")
         if self.search != "off" and self.rounds >= self.steps:
             raise ValueError(f"{self.rounds} search rounds need more than {self.rounds} training steps (one epoch of "
                              f"at least one step between rounds), got steps={self.steps}.")

@@ -146,3 +146,21 @@ def test_random_proposals_through_an_allocator_are_new(problem):
     seen = {tuple(x) for x in state.X.tolist()}
     assert len(X) == 5 and not any(tuple(x) in seen for x in X.tolist())
     assert HypervolumePlane.from_dict(state.to_dict()["plane"]) == state.plane
+
+
+def test_bad_updates_are_refused_and_change_nothing(problem):
+    layout, evaluate, initial = problem
+    with pytest.raises(ValueError, match="at least 2 distinct initial configurations, got 1"):
+        SearchState.start(layout, [initial[3], initial[3]], evaluate, FAST)
+    state = SearchState.start(layout, initial, evaluate, FAST)
+    before = json.dumps(state.to_dict())
+    new = neighbours(state.X[0], max_neighbours=1, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="already evaluated"):  # a new row followed by a known one: neither kept
+        state.add(torch.cat([new, state.X[:1]]), torch.tensor([1.0, 2.0]), "search")
+    with pytest.raises(ValueError, match="not finite"):
+        state.add(new, torch.tensor([float("nan")]), "search")
+    with pytest.raises(ValueError, match="not finite"):
+        state.refresh(lambda configs: [float("inf")] * len(configs), "pool")
+    with pytest.raises(ValueError, match="'train' .* or 'pool' .*, got 'everything'"):
+        state.refresh(evaluate, "everything")
+    assert json.dumps(state.to_dict()) == before

@@ -31,6 +31,8 @@ def test_search_options_are_validated():
         TrainOptions(search="grid")
     with pytest.raises(ValueError, match="search needs a configuration set"):
         TrainOptions(method="qlora", budgets=(3.0,), search="search")
+    with pytest.raises(ValueError, match="give at least 2 budgets, got \\[3.0, 3.0\\]"):
+        TrainOptions(budgets=(3.0, 3.0), search="random")
     with pytest.raises(ValueError, match="3 search rounds need more than 3 training steps"):
         TrainOptions(steps=3, search="search", rounds=3)
     assert TrainOptions.from_dict(TrainOptions(search="random").to_dict()).search == "random"
@@ -56,8 +58,11 @@ def test_training_with_search_trains_on_each_rounds_selection(tmp_path):
     assert (rounds["seconds_fit"].iloc[1:3] > 0).all() and (rounds["seconds_refresh"].iloc[1:] > 0).all()
     final = history[history["round"] == 3]
     assert (final["f1"] != history[history["round"] == 2]["f1"].values).any()  # re-measured with the final adapter
-    remeasured = pool[pool["id"].isin(history[(history["round"] == 2) & history["selected"]]["id"])]
-    assert (remeasured["f1_round"] == 3).all()
+    # Every round compares losses of one adapter: the whole pool is re-measured before each round and at the end.
+    assert (history["f1_round"] == history["round"]).all() and (pool["f1_round"] == 3).all()
+    # The final measurement does not re-select: it reports the set the last epoch trained on.
+    assert final["selected"].tolist() == history[history["round"] == 2]["selected"].tolist()
+    assert not rounds[["seconds_fit", "seconds_acquisition", "seconds_evaluate", "seconds_refresh"]].isna().any().any()
     # The plane in run.json is the one every hypervolume was computed in.
     plane = HypervolumePlane.from_dict(read_run_info(tmp_path).search_plane)
     state = json.loads((tmp_path / "search.json").read_text())
@@ -113,7 +118,10 @@ def test_a_run_killed_during_a_search_round_keeps_its_evaluations_and_resumes_ex
     assert len(before["pending"]) == 3
 
     opts = TrainOptions(**{**options, "budgets": tuple(options["budgets"])})
-    train(Workbench.load("tiny"), opts, killed, resume=True)
+    messages = []
+    train(Workbench.load("tiny"), opts, killed, resume=True, progress=lambda d, t, m: messages.append(m))
+    # The resumed round evaluated only the proposal it had not: progress jumps straight to the third.
+    assert [m[-3:] for m in messages if "evaluating proposals" in m] == ["3/3"]
     train(Workbench.load("tiny"), opts, tmp_path / "whole")
     after = json.loads((killed / "search.json").read_text())
     whole = json.loads((tmp_path / "whole" / "search.json").read_text())
