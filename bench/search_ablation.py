@@ -9,7 +9,7 @@
 The three runs share the seed, the initial set and therefore the hypervolume plane in run.json (checked), so their
 hypervolumes are comparable. ``hv_train``: the training set's front as measured by that round's adapter (re-measured
 at the start of the round); ``final``: the last epoch's set re-measured by the trained adapter. Round cost: fit +
-acquisition + evaluating the q proposals (the issue's definition), and with the training-set re-measurement, each
+acquisition + evaluating the q proposals (the issue's definition), and with the re-measurement of the pool, each
 divided by the run's median training-step time. Last line: one JSON object.
 """
 from __future__ import annotations
@@ -50,10 +50,11 @@ def main() -> None:
     if len({json.dumps(r["plane"], sort_keys=True) for r in rows}) != 1:
         raise SystemExit("These runs have different hypervolume planes (other initial sets): not comparable.")
     for r in rows:
-        print(f"{r['mode']:>7s}  hv_train per round {r['hv_train']}  hv_pool {r['hv_pool']}  pool {r['n_pool']}")
+        print(f"{r['mode']:>7s}  {r['run']}")
+        print(f"{'':>7s}  hv_train per round {r['hv_train']}  hv_pool {r['hv_pool']}  pool {r['n_pool']}")
         print(f"{'':>7s}  final probe losses {r['final_probe']}")
         print(f"{'':>7s}  round (fit + acquisition + q evaluations) {r['seconds_round_core']} s = "
-              f"{r['round_core_in_steps']} steps of {r['seconds_step_median']:.1f} s; with the training-set "
+              f"{r['round_core_in_steps']} steps of {r['seconds_step_median']:.1f} s; with the pool "
               f"re-measurement {r['seconds_round_with_refresh']} s")
     if args.html:
         import plotly.graph_objects as go
