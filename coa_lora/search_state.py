@@ -42,9 +42,11 @@ class SearchSettings:
     def __post_init__(self) -> None:
         if self.encoding not in ENCODINGS:
             raise ValueError(f"SearchSettings.encoding must be one of {ENCODINGS}, got {self.encoding!r}.")
-        for name in ("segments", "proposals", "starts", "moves", "mc_samples", "chunk"):
+        for name in ("segments", "proposals", "starts", "moves", "raw_samples", "mc_samples", "chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"SearchSettings.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.max_neighbours is not None and self.max_neighbours < 1:
+            raise ValueError(f"SearchSettings.max_neighbours must be >= 1 or None (all), got {self.max_neighbours}.")
         if self.ref_margin <= 0:
             raise ValueError(f"SearchSettings.ref_margin must be > 0, got {self.ref_margin}.")
 

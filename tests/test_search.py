@@ -164,3 +164,12 @@ def test_bad_updates_are_refused_and_change_nothing(problem):
     with pytest.raises(ValueError, match="'train' .* or 'pool' .*, got 'everything'"):
         state.refresh(evaluate, "everything")
     assert json.dumps(state.to_dict()) == before
+
+
+@pytest.mark.parametrize("bad, message", [({"raw_samples": 0}, "raw_samples must be >= 1, got 0"),
+                                          ({"max_neighbours": 0}, "max_neighbours must be >= 1 or None"),
+                                          ({"segments": 0}, "segments must be >= 1")])
+def test_search_settings_are_validated(bad, message):
+    with pytest.raises(ValueError, match=message):
+        SearchSettings(**bad)
+    assert SearchSettings(max_neighbours=None).max_neighbours is None
