@@ -187,4 +187,3 @@ def fisher_diagonal(
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)
     return {n: f / len(batches) for n, f in zip(names, fisher)}
-

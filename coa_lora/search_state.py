@@ -51,6 +51,11 @@ class SearchSettings:
             raise ValueError(f"SearchSettings.ref_margin must be > 0, got {self.ref_margin}.")
 
 
+def _check_finite(loss: torch.Tensor) -> None:
+    if not torch.isfinite(loss).all():
+        raise ValueError(f"A configuration's f1 is not finite ({loss.tolist()}): the adapter has diverged.")
+
+
 def avg_bits(X: torch.Tensor, layout: ModelLayout) -> torch.Tensor:
     """``(...)`` float64 average bits of ``(..., N)`` option indices (numel-weighted, as ModelConfig.avg_bits)."""
     w = layout.numels.double()
@@ -152,8 +157,7 @@ class SearchState:
         new = keys(X)
         if len(set(new)) < len(new) or set(new) & set(keys(self.X)):
             raise ValueError("This configuration was already evaluated; the search never proposes duplicates.")
-        if not torch.isfinite(loss).all():  # checked before anything is recorded: a resume must not find it saved
-            raise ValueError(f"A configuration's f1 is not finite ({loss.tolist()}): the adapter has diverged.")
+        _check_finite(loss)  # before anything is recorded: a resume must not find it saved
         for x, v, b in zip(X.tolist(), loss.tolist(), avg_bits(X, self.layout).tolist()):
             self.pool.append({"id": len(self.pool), "round": self.round, "source": source, "avg_bits": b,
                               "f1": float(v), "f1_round": self.round, "options": x})
@@ -169,8 +173,7 @@ class SearchState:
         ids = [i for i, s in enumerate(self.selected.tolist()) if s or which == "pool"]
         losses = torch.as_tensor([float(v) for v in evaluate(
             [ModelConfig.from_option_indices(self.layout, self.pool[i]["options"]) for i in ids])])
-        if not torch.isfinite(losses).all():
-            raise ValueError(f"A configuration's f1 is not finite ({losses.tolist()}): the adapter has diverged.")
+        _check_finite(losses)
         for i, v in zip(ids, losses):
             self.pool[i]["f1"], self.pool[i]["f1_round"] = float(v), self.round if for_round is None else for_round
 
