@@ -1,5 +1,6 @@
 """Does a trained CoA-LoRA adapter use the configuration? Held-out perplexity at a budget with U_θ computed for that
-configuration, for the run's lowest- and highest-bit training configurations instead, and with U = 0.
+configuration, for the run's lowest- and highest-bit training configurations instead, and with U = 0; and the
+spectral norms of I + U over the target matrices (min / median / max).
 
     python bench/config_dependence.py --run runs/coa60 [--budgets 2.5,3,4] [--windows 2]
 
@@ -36,14 +37,20 @@ def main() -> None:
         for budget in [float(b) for b in args.budgets.split(",")]:
             coa.set_config(wb.allocate(budget).config)
             row = {"own U": heldout_perplexity(coa.model, wb.tokenizer, limit=args.windows).perplexity}
+            own = torch.stack([w.correction for w in coa.wrappers.values()])  # (matrices, r, r)
+            eye = torch.eye(own.shape[-1], dtype=own.dtype)
+            norms = torch.linalg.matrix_norm(eye + own, ord=2)  # how much U amplifies B·A, per matrix
             corrections = {name: coa.network(config_features(c, coa.kinds)) for name, c in borrowed.items()}
             corrections["U = 0"] = torch.zeros_like(corrections[next(iter(borrowed))])
             for name, us in corrections.items():
                 for wrapper, u in zip(coa.wrappers.values(), us):
                     wrapper.correction = u
                 row[name] = heldout_perplexity(coa.model, wb.tokenizer, limit=args.windows).perplexity
+            row["‖I+U‖₂ min/median/max"] = [round(float(v), 3) for v in (norms.min(), norms.median(), norms.max())]
             rows[budget] = row
-            print(f"{budget:5.2f} bits: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+            print(f"{budget:5.2f} bits: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("U")
+                                                        or k == "own U") + f"  ‖I+U‖₂ {row['‖I+U‖₂ min/median/max']}",
+                  flush=True)
     print(json.dumps({"run": args.run, "windows_per_play": args.windows, "rows": rows}))
 
 
