@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, help="LoRA rank r (default 8)")
     p.add_argument("--objective", choices=["lm", "kd"], help="lm: next-token loss; kd: distil the unquantized model")
     p.add_argument("--budgets", help="comma-separated bit budgets of the configuration set (qlora/lqlora: one); "
-                                     "default: 10 evenly over 2.25-7.25")
+                                     "default: 10 evenly over 2.5-7.25")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=int, help="windows per micro-batch (default 4)")
     p.add_argument("--seq-length", type=int, help="tokens per window (default 128)")
