@@ -46,11 +46,10 @@ def main() -> None:
                 for wrapper, u in zip(coa.wrappers.values(), us):
                     wrapper.correction = u
                 row[name] = heldout_perplexity(coa.model, wb.tokenizer, limit=args.windows).perplexity
-            row["‖I+U‖₂ min/median/max"] = [round(float(v), 3) for v in (norms.min(), norms.median(), norms.max())]
-            rows[budget] = row
-            print(f"{budget:5.2f} bits: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("U")
-                                                        or k == "own U") + f"  ‖I+U‖₂ {row['‖I+U‖₂ min/median/max']}",
+            spread = [round(float(v), 3) for v in (norms.min(), norms.median(), norms.max())]
+            print(f"{budget:5.2f} bits: " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()) + f"  ‖I+U‖₂ {spread}",
                   flush=True)
+            rows[budget] = {**row, "‖I+U‖₂ min/median/max": spread}
     print(json.dumps({"run": args.run, "windows_per_play": args.windows, "rows": rows}))
 
 

@@ -49,8 +49,8 @@ LQ_ITERATIONS = 3  # alternations of SVD and quantization in the LQ-LoRA initial
 # The default set starts at 2.5 bits, not the paper's 2.25: on SmolLM2 the allocator's 2.25-bit configuration stays
 # collapsed under any shared adapter (probe loss 11.3 after 200 steps); its loss then dominates every batch it is in
 # and U_θ learns an over-amplification for 2-bit options that made the 2.5-bit configuration worse than U = 0. Without
-# it CoA-LoRA's held-out perplexity at 2.5 bits went from 6.0e6 to 224 / 179 (seeds 0 / 1, 60 steps), and it beat
-# Shared-LoRA at 2.5–4 bits in both seeds (see the issue-3 note; bench/adapter_ppl.py measures it).
+# it CoA-LoRA's held-out perplexity at 2.5 bits went from 6.0e6 to 224 (seed 0, 60 steps), and it beat Shared-LoRA
+# at 2.5–4 bits in each of seeds 0, 1, 2 (see the issue-3 note; bench/adapter_ppl.py measures it).
 DEFAULT_LOW_BITS, DEFAULT_HIGH_BITS = 2.5, 7.25
 
 
