@@ -21,7 +21,7 @@ from . import kernels
 from .codebook import nf_table
 from .config import ModelLayout
 from .progress import ProgressFn, report
-from .quant import dequantize_scales, quantize_scales, to_blocks
+from .quant import QUANTIZER_VERSION, dequantize_scales, quantize_scales, to_blocks
 from .space import (
     ALL_OPTIONS,
     BITS,
@@ -110,8 +110,9 @@ def compute_damage_table(
 
 
 def table_key(weights: Mapping[str, torch.Tensor], weighting: str, extra: str = "") -> str:
-    """sha256 over names, shapes and bytes of the weights, the weighting and any settings in ``extra``."""
-    h = hashlib.sha256(f"v{TABLE_VERSION}|{weighting}|{extra}".encode())
+    """sha256 over names, shapes and bytes of the weights, the quantizer's version, the weighting and any settings in
+    ``extra``."""
+    h = hashlib.sha256(f"v{TABLE_VERSION}|q{QUANTIZER_VERSION}|{weighting}|{extra}".encode())
     for name, w in weights.items():
         h.update(f"{name}{tuple(w.shape)}{w.dtype}".encode())
         h.update(w.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())

@@ -1,9 +1,10 @@
 """Live evaluation: run a task under a configuration and remember the answer.
 
 The app moves a slider between configurations; coming back to one already evaluated must be instant. An
-:class:`Evaluator` caches every result by (model, dtype, configuration key, adapter key, task name and content
-fingerprint, item limit) in memory and, when given a folder, as one JSON file per result (default folder
-``~/.cache/coa_lora/evals``). Long runs report progress and stop between batches when ``should_stop()`` is true.
+:class:`Evaluator` caches every result by (model weights' content hash, dtype, quantizer version, configuration key,
+adapter key, task name and content fingerprint, item limit) in memory and, when given a folder, as one JSON file per
+result (default folder ``~/.cache/coa_lora/evals``): a changed model folder or a quantizer fix never returns an old
+number. Long runs report progress and stop between batches when ``should_stop()`` is true.
 
     ev = Evaluator(Workbench.load("smollm2"), cache_dir=default_cache_dir())
     ev.run("hyperbaton", config=wb.allocate(3.0).config, limit=200, progress=cb, should_stop=event.is_set)
@@ -11,7 +12,9 @@ fingerprint, item limit) in memory and, when given a folder, as one JSON file pe
 
 With a trained adapter (a :class:`~coa_lora.adapter.CoALoRAModel` wrapped around ``workbench.model``) pass it as
 ``adapter``: the evaluator sets its configuration (CoA-LoRA's correction U depends on it) and caches the result under
-the adapter's :meth:`~coa_lora.adapter.CoALoRAModel.fingerprint`, apart from the bare model's.
+the adapter's :meth:`~coa_lora.adapter.CoALoRAModel.fingerprint`, apart from the bare model's. Without ``adapter``
+every LoRA wrapper on the model is switched off for the run, so "the quantized base" is the base even after an
+adapter was loaded. Either way the model runs in eval mode (no dropout) and its modes are put back after.
 """
 from __future__ import annotations
 
@@ -24,11 +27,13 @@ from typing import Iterator, Optional, Union
 
 import torch
 
+from .adapter import LoraLinear
 from .evaluate import TaskResult, evaluate_task
 from .loglik import ScoringOptions, StopFn
 from .mc_tasks import HARNESS_TASKS, Task, embedded_tasks, load_task
 from .perplexity import PerplexityOptions, PerplexityResult, fingerprint, heldout_perplexity, heldout_windows
 from .progress import ProgressFn
+from .quant import QUANTIZER_VERSION
 from .storage import write_json
 
 PERPLEXITY_TASK = "ppl"
@@ -72,9 +77,11 @@ class Evaluator:
         content = self._perplexity_fingerprint(limit) if task == PERPLEXITY_TASK else self.task(task, limit).fingerprint
         return json.dumps({
             "version": SCORING_VERSION,
-            "model": self.workbench.layout.model_id,
+            "quantizer": QUANTIZER_VERSION,
+            "model": self.workbench.layout.model_id,  # for a reader of the file; the weights' hash is what matches
+            "weights": self.workbench.weight_hash,
             "dtype": str(next(model.parameters()).dtype),
-            "config": config.key() if config is not None else "full-precision",
+            "config": config.key() if config is not None else "unquantized",
             "adapter": adapter_key,
             "task": task,
             "content": content,
@@ -103,10 +110,11 @@ class Evaluator:
     ) -> Result:
         """The result of ``task`` (``"ppl"``, an embedded or harness task, or a JSONL path) under ``config``.
 
-        ``config`` None means full precision. ``limit`` is items (multiple choice) or windows per play (``"ppl"``).
-        ``adapter``: a trained CoALoRAModel on this workbench's model, evaluated under ``config`` (its fingerprint is
-        the default ``adapter_key``). A cached result returns at once; a cancelled run raises
-        ``EvaluationCancelled`` and caches nothing.
+        ``config`` None means the unquantized reference. ``limit`` is items (multiple choice) or windows per play
+        (``"ppl"``). ``adapter``: a trained CoALoRAModel on this workbench's model, evaluated under ``config`` (its
+        fingerprint is the default ``adapter_key``); None evaluates the bare base with every LoRA wrapper off. An
+        ``adapter_key`` without its ``adapter`` only looks the result up. A cached result returns at once; a
+        cancelled run raises ``EvaluationCancelled`` and caches nothing.
         """
         if adapter is not None:
             if adapter.model is not self.workbench.model:
@@ -117,8 +125,10 @@ class Evaluator:
         found = self.cached(task, config, adapter_key, limit)
         if found is not None:
             return found
+        if adapter is None and adapter_key is not None:
+            raise ValueError(f"No cached result for adapter {adapter_key}; pass the adapter itself to evaluate it.")
         wb = self.workbench
-        with _configured(wb.qmodel, config, adapter):
+        with _configured(wb.qmodel, config, adapter), _only(wb.model, adapter), _eval_mode(wb.model):
             if task == PERPLEXITY_TASK:
                 result = heldout_perplexity(wb.model, wb.tokenizer, self.options.perplexity, limit, progress,
                                             should_stop)
@@ -165,8 +175,36 @@ class Evaluator:
 
 
 @contextmanager
+def _only(model: torch.nn.Module, adapter=None) -> Iterator[None]:
+    """Run the block with ``adapter``'s LoRA wrappers on and every other wrapper of ``model`` off (all off when
+    ``adapter`` is None: the bare base), then put each wrapper's switch back."""
+    own = {id(w) for w in adapter.wrappers.values()} if adapter is not None else set()
+    wrappers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    states = [w.enabled for w in wrappers]
+    for w in wrappers:
+        w.enabled = id(w) in own
+    try:
+        yield
+    finally:
+        for w, state in zip(wrappers, states):
+            w.enabled = state
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block in eval mode (a trainer may have left LoRA dropout on), then restore every module's mode."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextmanager
 def _configured(qmodel, config, adapter=None) -> Iterator[None]:
-    """Run the block under ``config`` (None: full precision), then put back whatever was applied before.
+    """Run the block under ``config`` (None: the unquantized reference), then put back whatever was applied before.
 
     With an adapter its configuration is set too (a CoA-LoRA correction follows the configuration).
     """

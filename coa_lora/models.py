@@ -10,7 +10,7 @@ A model name is one of:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,13 +21,18 @@ from .config import Target
 
 SMOLLM2 = "smollm2"
 TINY = "tiny"
+# What to call the model with no configuration applied. Not "full precision": the embedded SmolLM2 was already
+# 4-bit before we quantize it (REFERENCE_NOTE), so it is a reference point, not a lossless original.
+REFERENCE_LABEL = "unquantized reference"
+REFERENCE_NOTE = ("The embedded SmolLM2-135M-Instruct ships as a Q4_1 GGUF: its unquantized reference is that 4-bit "
+                  "model dequantized to float32, and NF8 or ≥ 4-bit configurations re-quantize it.")
 # Llama, Qwen2, Mistral, Gemma and friends all name their block linears this way.
 LLAMA_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _ALLOWED = (f"'{SMOLLM2}' (embedded SmolLM2-135M-Instruct), '{TINY}' (random test model), a local folder with a "
             "config.json, or a Hugging Face model id")
 
-__all__ = ["LLAMA_KINDS", "SMOLLM2", "TINY", "Target", "find_targets", "load_model", "load_tokenizer", "model_id",
-           "tiny_model", "weight_hash"]
+__all__ = ["LLAMA_KINDS", "REFERENCE_LABEL", "REFERENCE_NOTE", "SMOLLM2", "TINY", "Target", "find_targets",
+           "hash_tensors", "load_model", "load_tokenizer", "model_id", "tiny_model", "weight_hash"]
 
 
 def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -112,9 +117,16 @@ def weight_hash(model: nn.Module, names: Iterable[str] | None = None) -> str:
     unknown = [n for n in chosen if n not in params]
     if unknown:
         raise ValueError(f"Unknown parameter names {unknown[:3]}; use names from model.named_parameters().")
+    return hash_tensors({name: params[name] for name in chosen})
+
+
+def hash_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 hex digest of named tensors' names, dtypes, shapes and bytes, in sorted name order (:func:`weight_hash`'s
+    format, for callers that hold the tensors rather than a model, e.g. a model's original weights while it runs
+    quantized)."""
     h = hashlib.sha256()
-    for name in chosen:
-        t = params[name].detach()
+    for name in sorted(tensors):
+        t = tensors[name].detach()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
         # Bytes via a uint8 view: works for bfloat16, which numpy cannot represent.
         h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)

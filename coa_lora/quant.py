@@ -24,6 +24,10 @@ from .codebook import nf_table
 from .packing import pack_bits, unpack_bits
 from .space import OFFSET_BYTES, QuantOption
 
+# Bump when a change to quantize / dequantize (or their kernels) changes any dequantized value or error: results
+# cached on disk under it (evaluations, damage tables) then stop matching instead of being served stale.
+QUANTIZER_VERSION = 1
+
 
 @dataclass(frozen=True)
 class QuantizedTensor:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .adapter import adapters_disabled
+from .adapter import LoraLinear, adapters_disabled
 from .allocate import Allocation, Allocator
 from .config import ModelLayout
 from .damage import DamageTable, fisher_diagonal, load_or_compute
@@ -39,6 +39,7 @@ class Workbench:
     _tokenizer: object = None
     _tables: dict = field(default_factory=dict)
     _allocators: dict = field(default_factory=dict)
+    _weight_hash: Optional[str] = None
 
     @classmethod
     def load(
@@ -55,6 +56,20 @@ class Workbench:
     @property
     def layout(self) -> ModelLayout:
         return self.qmodel.layout
+
+    @property
+    def weight_hash(self) -> str:
+        """sha256 of the unquantized model, equal to :func:`coa_lora.models.weight_hash` of the freshly loaded model.
+
+        Computed once (a few hundred milliseconds for SmolLM2) from the original target weights and the parameters'
+        names before any LoRA wrapping, so it is the same whatever configuration or adapter is in place: results
+        cached under it (evaluations, run checkpoints) follow the model's content, not its name.
+        """
+        if self._weight_hash is None:
+            from .models import hash_tensors
+
+            self._weight_hash = hash_tensors(unquantized_parameters(self.model, self.qmodel))
+        return self._weight_hash
 
     @property
     def tokenizer(self):
@@ -105,3 +120,13 @@ class Workbench:
     ) -> Allocation:
         """The least-damage configuration within ``budget`` average bits per weight."""
         return self.allocator(weighting, progress).allocate(budget)
+
+
+def unquantized_parameters(model: torch.nn.Module, qmodel: QuantizedModel) -> dict[str, torch.Tensor]:
+    """The base model's parameters as they were loaded: names as before LoRA wrapping (``….q_proj.weight``, not
+    ``….q_proj.base_layer.weight``), target weights at full precision whatever is applied, LoRA factors left out."""
+    originals = {id(p): qmodel.original_weight(name) for name, p in qmodel.parameters.items()}
+    lora = {id(p) for m in model.modules() if isinstance(m, LoraLinear)
+            for p in (*m.lora_A.parameters(), *m.lora_B.parameters())}
+    return {name.replace(".base_layer.", "."): originals.get(id(p), p)
+            for name, p in model.named_parameters() if id(p) not in lora}

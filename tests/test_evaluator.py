@@ -5,10 +5,13 @@ import json
 import pytest
 import torch
 
-from coa_lora import ModelConfig, Workbench, preset
+from coa_lora import ModelConfig, QuantizedModel, Workbench, preset
+from coa_lora import evaluator as evaluator_module
 from coa_lora.adapter import AdapterOptions, CoALoRAModel
 from coa_lora.cli import main
 from coa_lora.evaluator import Evaluator
+from coa_lora.models import load_model, tiny_model, weight_hash
+from coa_lora.quant import QUANTIZER_VERSION
 
 ROWS = [
     {"context": "Question: What do cows drink?\nAnswer:", "choices": ["milk", "water", "tea"], "gold": 1},
@@ -79,6 +82,80 @@ def test_an_adapter_is_evaluated_under_its_configuration_and_cached_apart(task_f
     assert ev.cached(task_file, config, adapter_key=key) == adapted and ev.cached(task_file, config) == bare
     with pytest.raises(ValueError, match="depends on the configuration"):
         ev.run(task_file, None, adapter=coa)
+
+
+def perturb_(coa, seed=0):
+    """Non-zero B and U_θ's last layer, so that the adapter changes every answer."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for w in coa.wrappers.values():
+            w.lora_B.weight.normal_(std=0.2, generator=g)
+        coa.network.out.weight.normal_(std=0.2, generator=g)
+
+
+@pytest.mark.parametrize("uniform", [None, "nf3"])
+def test_bare_results_switch_every_adapter_off_and_equal_a_never_wrapped_model(uniform, task_file, tmp_path):
+    wb = Workbench.load("tiny")
+    config = None if uniform is None else ModelConfig.uniform(wb.layout, preset(uniform))
+    coa = CoALoRAModel(wb.qmodel, AdapterOptions(lora_dropout=0.5))
+    perturb_(coa)
+    other_config = ModelConfig.uniform(wb.layout, preset("nf2"))
+    adapted = Evaluator(wb).run(task_file, other_config, adapter=coa)  # the adapter was used: U set, wrappers on
+    coa.train(True)  # and left in training mode, dropout on, as a trainer leaves it
+    ev = Evaluator(wb, cache_dir=tmp_path / "evals")
+    bare = ev.run(task_file, config)
+    assert all(w.enabled for w in coa.wrappers.values()) and coa.model.training  # both put back after the run
+
+    plain = Workbench.load("tiny")
+    never = Evaluator(plain).run(task_file, config)  # no cache: computed on a model that never had wrappers
+    assert logprobs(bare) == logprobs(never)
+    assert logprobs(Evaluator(wb).run(task_file, other_config)) != pytest.approx(logprobs(adapted), abs=1e-3)
+    # Cached as the bare model's: the never-wrapped model's evaluator finds it on disk without computing.
+    calls = Calls()
+    assert Evaluator(plain, cache_dir=tmp_path / "evals").run(task_file, config, progress=calls) == bare
+    assert calls.n == 0
+
+
+def test_an_adapter_runs_without_dropout_whatever_mode_it_was_left_in(task_file):
+    wb = Workbench.load("tiny")
+    config = ModelConfig.uniform(wb.layout, preset("nf3"))
+    coa = CoALoRAModel(wb.qmodel, AdapterOptions(lora_dropout=0.5))
+    perturb_(coa)
+    coa.train(False)
+    want = Evaluator(wb).run(task_file, config, adapter=coa)
+    coa.train(True)
+    assert logprobs(Evaluator(wb).run(task_file, config, adapter=coa)) == logprobs(want)
+    assert coa.model.training
+    with pytest.raises(ValueError, match="pass the adapter itself"):
+        Evaluator(wb).run(task_file, config, adapter_key=coa.fingerprint())  # a key alone can only look up
+
+
+def test_weight_hash_is_the_unquantized_models_whatever_is_applied_or_wrapped():
+    want = weight_hash(load_model("tiny"))
+    wb = Workbench.load("tiny")
+    coa = CoALoRAModel(wb.qmodel, AdapterOptions())
+    perturb_(coa)
+    coa.set_config(ModelConfig.uniform(wb.layout, preset("nf2")))  # before the first use of weight_hash
+    assert wb.weight_hash == want
+    model = tiny_model(seed=1).eval().requires_grad_(False)
+    assert Workbench("tiny", model, QuantizedModel.from_model(model, "tiny-llama")).weight_hash != want
+
+
+def test_cache_key_follows_the_weights_and_the_quantizer_version(task_file, tmp_path, monkeypatch):
+    wb = Workbench.load("tiny")
+    config = ModelConfig.uniform(wb.layout, preset("nf3"))
+    first = Evaluator(wb, cache_dir=tmp_path).run(task_file, config)
+    model = tiny_model(seed=1).eval().requires_grad_(False)
+    other = Workbench("tiny", model, QuantizedModel.from_model(model, "tiny-llama"))  # same name, other weights
+    assert other.layout.model_id == wb.layout.model_id
+    calls = Calls()
+    assert logprobs(Evaluator(other, cache_dir=tmp_path).run(task_file, config, progress=calls)) != logprobs(first)
+    assert calls.n > 0
+    hit, bumped = Calls(), Calls()
+    assert Evaluator(Workbench.load("tiny"), cache_dir=tmp_path).run(task_file, config, progress=hit) == first
+    monkeypatch.setattr(evaluator_module, "QUANTIZER_VERSION", QUANTIZER_VERSION + 1)  # as after a quantizer fix
+    Evaluator(Workbench.load("tiny"), cache_dir=tmp_path).run(task_file, config, progress=bumped)
+    assert hit.n == 0 and bumped.n > 0
 
 
 def test_eval_command_prints_json_and_a_table(task_file, capsys):
