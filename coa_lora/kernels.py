@@ -6,11 +6,14 @@ Each kernel is plain torch over a lookup table (:class:`~coa_lora.codebook.NFTab
 straightforward reference (``torch.bucketize`` + :mod:`coa_lora.packing`), which tests/test_kernels.py checks.
 Compilation is on by default for inputs of at least ``COMPILE_MIN_ELEMENTS``; ``COA_LORA_COMPILE=0`` switches it off,
 and a machine where it fails (no C++ compiler) falls back to eager execution of the same functions with a warning.
+Every call is counted by kernel and path (:func:`path_counts`), so a test or a bench can assert that the compiled
+path really ran instead of trusting that no warning went by.
 """
 from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from typing import Callable, Optional
 
 import torch
@@ -20,10 +23,29 @@ from .packing import group_size
 
 _compiled: dict[str, Callable] = {}
 _compile_failed = False
+_paths: Counter[tuple[str, str]] = Counter()
 
 
 def compile_enabled() -> bool:
     return os.environ.get("COA_LORA_COMPILE", "1") != "0" and not _compile_failed
+
+
+def compile_failed() -> bool:
+    """True once a compilation failed in this process: every kernel runs eagerly from then on."""
+    return _compile_failed
+
+
+def path_counts() -> dict[tuple[str, str], int]:
+    """Calls since the last :func:`reset_path_counts`, by (kernel, ``"compiled"`` or ``"eager"``).
+
+    Kernel names: ``encode_packed``, ``decode_packed``, ``squared_error``, ``squared_errors``. A compiled call that
+    failed and was rerun eagerly counts as eager.
+    """
+    return dict(_paths)
+
+
+def reset_path_counts() -> None:
+    _paths.clear()
 
 
 # Bit widths and block sizes are compile-time constants of the kernels (each pair gets its own specialised graph):
@@ -40,15 +62,21 @@ def _run(fn: Callable, *args):
     """Run ``fn`` compiled (one compiled function per kernel) when compilation is enabled and the first argument is
     large enough to repay it, else eagerly."""
     global _compile_failed
+    name = fn.__name__.lstrip("_")
     if compile_enabled() and args[0].numel() >= COMPILE_MIN_ELEMENTS:
         if fn.__name__ not in _compiled:
-            _compiled[fn.__name__] = torch.compile(fn, dynamic=True)
+            # fullgraph: a graph break raises instead of silently running part of the kernel eagerly.
+            _compiled[fn.__name__] = torch.compile(fn, dynamic=True, fullgraph=True)
         try:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return _compiled[fn.__name__](*args)
+            # Past the limit dynamo would fall back to eager without a word; make it raise (and be counted) instead.
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True):
+                out = _compiled[fn.__name__](*args)
+            _paths[(name, "compiled")] += 1
+            return out
         except Exception as exc:  # noqa: BLE001 — inductor raises many types; we surface it and run eagerly.
             _compile_failed = True
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); using eager kernels.", stacklevel=3)
+    _paths[(name, "eager")] += 1
     return fn(*args)
 
 
