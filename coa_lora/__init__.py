@@ -11,6 +11,8 @@ from .evaluator import EvalOptions, Evaluator, results_table
 from .instantiate import QuantizedModel, WeightCache, layout_of
 from .loglik import EvaluationCancelled, ScoringOptions
 from .mc_tasks import MCItem, Task, load_task
+from .packed import PackedSummary, save_packed
+from .packed_load import load_packed, read_summary
 from .perplexity import PerplexityOptions, PerplexityResult, heldout_perplexity
 from .quant import QuantizedTensor, dequantize, quantization_error, quantize
 from .runs import RunInfo, read_metrics, read_run_info
@@ -28,4 +30,5 @@ __all__ = [
     "ModelLayout", "QuantOption", "QuantizedModel", "QuantizedTensor", "Target", "WeightCache", "Workbench",
     "allocate", "dequantize", "fisher_diagonal", "layout_of", "matrix_damage", "preset", "quantization_error",
     "quantize",
+    "PackedSummary", "load_packed", "read_summary", "save_packed",
 ]

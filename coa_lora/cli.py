@@ -85,11 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proposals", type=int, help="new configurations q per round (default 5)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
-    p = sub.add_parser("export", help="fold a trained run into a standard peft adapter for one budget")
+    p = sub.add_parser("export", help="write a packed, deployable quantized model folder for one configuration "
+                                      "(with --run: and its adapter; --adapter-only: the peft adapter alone)")
     _add_model_args(p)
-    p.add_argument("--run", type=Path, required=True, help="run folder written by `train`")
-    p.add_argument("--budget", type=float, required=True, help="average bits per weight of the configuration")
-    p.add_argument("--out", type=Path, required=True, help="folder for adapter_model.safetensors + configs")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--budget", type=float, help="the allocator's configuration at this many average bits")
+    which.add_argument("--config", type=Path, help="a configuration JSON written by `allocate --out`")
+    p.add_argument("--run", type=Path, help="include this run's adapter, folded for the configuration (peft format)")
+    p.add_argument("--out", type=Path, required=True, help="the folder to write (atomically: all or nothing)")
+    p.add_argument("--adapter-only", action="store_true",
+                   help="write only the peft adapter (adapter_model.safetensors + configs) of --run, no model")
+    p.add_argument("--force", action="store_true", help="replace an existing packed folder at --out")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
     return parser
 
 
@@ -305,13 +312,37 @@ def _train(args) -> int:
 
 def _export(args) -> int:
     from .adapter import export_peft
+    from .config import ModelConfig
+    from .packed import check_destination, save_packed
+    from .progress import tqdm_progress
     from .train import load_trained
 
+    if args.adapter_only and args.run is None:
+        raise CliError("--adapter-only writes the adapter of a trained run: pass --run RUN too.")
+    if not args.adapter_only:
+        check_destination(args.out, args.force)  # before the model loads: a taken folder fails at once
+    text = None
+    if args.config is not None:
+        try:
+            text = args.config.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CliError(f"Cannot read the configuration file {args.config} ({exc.__class__.__name__}).") from None
     wb = _workbench(args)
-    coa, options, _ = load_trained(wb, args.run)
-    if options.method == "lqlora":
-        raise CliError("An LQ-LoRA adapter needs its own base weights Q(W - L1L2), which a peft folder cannot carry.")
-    config = wb.allocate(args.budget).config
-    export_peft(coa, args.out, config)
-    print(f"peft adapter for {config.avg_bits:.3f} bits -> {args.out}")
+    config = ModelConfig.from_json(text, wb.layout) if text is not None else wb.allocate(args.budget).config
+    coa = None
+    if args.run is not None:
+        coa, options, _ = load_trained(wb, args.run)
+        if options.method == "lqlora":
+            raise CliError("An LQ-LoRA adapter needs its own base weights Q(W - L1L2), which a peft folder cannot "
+                           "carry.")
+    if args.adapter_only:
+        export_peft(coa, args.out, config)
+        print(f"peft adapter for {config.avg_bits:.3f} bits -> {args.out}")
+        return 0
+    with tqdm_progress("export") as progress:
+        summary = save_packed(wb, config, args.out, adapter=coa, overwrite=args.force, progress=progress)
+    if args.json:
+        print(json.dumps(summary.to_dict()))
+    else:
+        print(summary.describe())
     return 0

@@ -4,6 +4,8 @@ A model name is one of:
 
 * ``"smollm2"``: the embedded SmolLM2-135M-Instruct, converted once by ``python -m coa_lora prepare``;
 * ``"tiny"``: a 2-layer random Llama built in code (:func:`tiny_model`), for tests and demos in seconds;
+* a packed folder written by ``python -m coa_lora export`` (:func:`coa_lora.packed_load.load_packed`; an included
+  adapter is merged into the weights, so every command runs the deployed model);
 * a local folder holding a transformers ``config.json``;
 * otherwise a Hugging Face model id, downloaded by transformers (needs internet on the user's machine).
 """
@@ -28,8 +30,8 @@ REFERENCE_NOTE = ("The embedded SmolLM2-135M-Instruct ships as a Q4_1 GGUF: its 
                   "model dequantized to float32, and NF8 or ≥ 4-bit configurations re-quantize it.")
 # Llama, Qwen2, Mistral, Gemma and friends all name their block linears this way.
 LLAMA_KINDS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-_ALLOWED = (f"'{SMOLLM2}' (embedded SmolLM2-135M-Instruct), '{TINY}' (random test model), a local folder with a "
-            "config.json, or a Hugging Face model id")
+_ALLOWED = (f"'{SMOLLM2}' (embedded SmolLM2-135M-Instruct), '{TINY}' (random test model), a packed folder, a local "
+            "folder with a config.json, or a Hugging Face model id")
 
 __all__ = ["LLAMA_KINDS", "REFERENCE_LABEL", "REFERENCE_NOTE", "SMOLLM2", "TINY", "Target", "find_targets",
            "hash_tensors", "load_model", "load_tokenizer", "model_id", "tiny_model", "weight_hash"]
@@ -42,8 +44,13 @@ def load_model(name: str, device: str | torch.device = "cpu", dtype: torch.dtype
         AssetMissingError: ``"smollm2"`` is not prepared yet.
         ValueError: ``name`` is neither a known name, nor a folder with config.json, nor a loadable hub id.
     """
+    from .packed import is_packed
+    from .packed_load import load_packed
+
     if name == TINY:
         model = tiny_model(dtype=dtype)
+    elif is_packed(name):
+        model = load_packed(name, dtype=dtype, adapter="merge")
     else:
         from transformers import AutoModelForCausalLM
 
@@ -60,6 +67,11 @@ def load_tokenizer(name: str):
     """The tokenizer of model ``name`` (same resolution as :func:`load_model`; ``"tiny"`` uses SmolLM2's)."""
     from transformers import AutoTokenizer
 
+    from .packed import is_packed
+    from .packed_load import read_manifest
+
+    if is_packed(name) and not read_manifest(name).get("tokenizer", False):
+        raise ValueError(f"The packed folder {name} was exported without a tokenizer; export it again with one.")
     source = _resolve(SMOLLM2 if name == TINY else name)
     try:
         return AutoTokenizer.from_pretrained(source)
