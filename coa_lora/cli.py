@@ -285,6 +285,7 @@ _TRAIN_FLAGS = {"method": "method", "steps": "steps", "configs_per_step": "confi
 
 
 def _train(args) -> int:
+    from . import distributed
     from .progress import tqdm_progress
     from .runs import read_run_info
     from .train import TrainOptions, train
@@ -295,12 +296,25 @@ def _train(args) -> int:
             given["budgets"] = tuple(float(b) for b in args.budgets.split(",") if b.strip())
         except ValueError:
             raise CliError(f"--budgets must be comma-separated numbers, got {args.budgets!r}.") from None
-    # A resume takes the saved options; flags given explicitly must agree with them (train() checks).
-    base = read_run_info(args.out).hyper if args.resume else {}
-    options = TrainOptions.from_dict({**base, **given})
-    wb = _workbench(args)
-    with tqdm_progress(f"train {options.method}") as progress:
-        result = train(wb, options, args.out, resume=args.resume, progress=progress)
+    # Under torchrun / accelerate launch this process joins the job (with --device cuda: the GPU of its local rank).
+    args.device = distributed.init_from_environment(args.device)
+    try:
+        ranks = distributed.current()
+        options = None
+        if ranks.is_main:
+            # A resume takes the saved options; flags given explicitly must agree with them (train() checks). A new
+            # run takes one data-parallel replica per process.
+            base = read_run_info(args.out).hyper if args.resume else {"replicas": ranks.world_size}
+            options = TrainOptions.from_dict({**base, **given})
+        if ranks.world_size > 1:  # rank 0 alone reads the run folder: the others train with its options
+            options = TrainOptions.from_dict(ranks.broadcast_json(options.to_dict() if ranks.is_main else None))
+        wb = _workbench(args)
+        with tqdm_progress(f"train {options.method}") as progress:
+            result = train(wb, options, args.out, resume=args.resume, progress=progress)
+    finally:
+        distributed.close()
+    if not ranks.is_main:
+        return 0
     print(f"trained {options.method} for {result.step} steps -> {args.out}")
     if options.search != "off":
         from .runs import read_search_tables

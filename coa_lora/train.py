@@ -12,6 +12,11 @@ Methods, one trainer:
 
 Every step's randomness (batch, configurations, dropout) comes from a generator seeded by (seed, step), so a run
 resumed from any checkpoint replays exactly the steps an uninterrupted run would have taken.
+
+Data parallelism (``torchrun -m coa_lora train``, coa_lora.distributed): a step's global batch is ``replicas`` copies
+of the micro-batches, replica j drawn by its own generator seeded by (seed, step, j), all under the same k
+configurations; the processes split the replicas, their gradients are summed by one all-reduce, and only rank 0
+touches the run folder. One process can run all replicas itself, with the same result to rounding.
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .adapter import AdapterOptions, CoALoRAModel
-from .config import ModelConfig
+from .config import ModelConfig, ModelLayout
 from .progress import ProgressFn, report
 from .runs import (
     RunInfo,
@@ -38,7 +44,8 @@ from .runs import (
     write_configs,
     write_run_info,
 )
-from .search_run import SEARCH_MODES, RunSearch
+from .search_run import SEARCH_MODES, RunSearch, round_steps
+from .step import accumulate_gradients, step_draws, step_gradients  # noqa: F401 (still importable here)
 
 METHODS = ("coa", "shared", "qlora", "lqlora")
 OBJECTIVES = ("lm", "kd")
@@ -79,6 +86,9 @@ class TrainOptions:
     grad_clip: float = 1.0  # max global L2 norm; 0 turns clipping off
     grad_accumulation: int = 1  # micro-batches per optimiser step
     batch_size: int = 4  # windows per micro-batch
+    # Data-parallel replicas of each step (global batch: replicas x grad_accumulation x batch_size windows). The CLI
+    # sets it to the number of processes torchrun starts; any process count dividing it gives the same run.
+    replicas: int = 1
     seq_length: int = 128
     objective: str = "lm"  # lm: next-token loss; kd: KL toward the unquantized model's next-token distribution
     seed: int = 0
@@ -101,7 +111,7 @@ class TrainOptions:
             raise ValueError(f"Unknown objective {self.objective!r}; choose one of {OBJECTIVES}.")
         positive = ("steps", "configs_per_step", "rank", "grad_accumulation", "batch_size", "seq_length",
                     "checkpoint_every", "eval_every", "probe_windows", "probe_configs", "rounds", "segments",
-                    "proposals")
+                    "proposals", "replicas")
         bad = [n for n in positive if int(getattr(self, n)) < 1]
         if bad:
             raise ValueError(f"TrainOptions.{bad[0]} must be a positive integer, got {getattr(self, bad[0])}.")
@@ -204,12 +214,6 @@ def lqlora_init_(coa: CoALoRAModel, iterations: int = LQ_ITERATIONS) -> None:
             wrapper.lora_A.weight.copy_(root[:, None] * vh[:r] / math.sqrt(s))
 
 
-def _kl_to_teacher(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of KL(teacher ‖ student); logits ``(batch, seq, vocab)``."""
-    t = teacher.log_softmax(-1)
-    return (t.exp() * (t - student.log_softmax(-1))).sum(-1).mean()
-
-
 def _prepare_folder(folder: Path, info: RunInfo, resume: bool) -> None:
     exists = (folder / "run.json").is_file()
     if resume:
@@ -247,16 +251,23 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
 
     ``resume=True`` continues the run from its last checkpoint (same options required); the result equals an
     uninterrupted run's. ``progress(done, total, message)`` is called once per step, ``on_step(row)`` with each
-    metrics row.
+    metrics row. In an initialised torch.distributed process group (torchrun) every process calls this with the same
+    arguments and computes its share of ``options.replicas``; only rank 0 reads or writes ``folder`` and reports.
     """
     from .models import weight_hash
 
+    ranks = distributed.current()
+    mine = ranks.replicas(options.replicas)  # refuses a replica count the processes cannot split
+    if not ranks.is_main:
+        progress = on_step = None
     folder = Path(folder)
     wb.qmodel.restore_()
     info = RunInfo(wb.layout.model_id, weight_hash(wb.model), options.method, options.to_dict(), options.seed,
                    library_versions())
-    _prepare_folder(folder, info, resume)
-    configs = training_configs(wb, folder, options.budgets, progress)
+    if ranks.is_main:
+        _prepare_folder(folder, info, resume)
+    configs = _from_main(ranks, wb.layout, training_configs(wb, folder, options.budgets, progress)
+                         if ranks.is_main else None)
     coa = build_adapter(wb, options)
     coa.set_config(configs[0])
     lq_bases = None
@@ -265,8 +276,13 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
         lq_bases = {n: w.base_layer.weight.data for n, w in coa.wrappers.items()}
     params = coa.named_parameters()
     optimizer = torch.optim.AdamW(params.values(), lr=options.lr, weight_decay=options.weight_decay)
-    start = (load_checkpoint(folder, params, optimizer, info.weight_hash) if resume else None) or 0
-    truncate_metrics(folder, start)
+    start = (load_checkpoint(folder, params, optimizer, info.weight_hash) if resume and ranks.is_main else None) or 0
+    if ranks.world_size > 1:  # rank 0 alone read the run: everyone starts from its step, adapter and optimiser state
+        start = ranks.broadcast_json(start)
+        ranks.broadcast_(list(params.values()))
+        ranks.broadcast_optimizer_(optimizer, list(params.values()))
+    if ranks.is_main:
+        truncate_metrics(folder, start)
 
     def activate(config: ModelConfig) -> None:
         coa.set_config(config)
@@ -279,31 +295,33 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
     by_bits = sorted(range(len(configs)), key=lambda i: configs[i].avg_bits)
     picks = torch.linspace(0, len(by_bits) - 1, min(options.probe_configs, len(by_bits))).round().long().tolist()
     probe_set = [configs[by_bits[i]] for i in dict.fromkeys(picks)]  # fixed by the initial set, whatever the search
-    search = None
+    search, round_at = None, set()
     if options.search != "off":
-        search = RunSearch(wb, coa, activate, folder, options, probe, options.batch_size, progress)
-        configs = search.open(configs)
+        # Rounds run on rank 0 and only at these steps (a round's checkpoint is written at its step before it
+        # starts, so a resume lands on it too): there the others take the new training set.
+        round_at = set(round_steps(options.steps, options.rounds))
+        if ranks.is_main:
+            search = RunSearch(wb, coa, activate, folder, options, probe, options.batch_size, progress)
+            configs = search.open(configs)
+        configs = _from_main(ranks, wb.layout, configs)
 
     for step in range(start, options.steps):
         if search is not None and search.due(step):
             configs = search.run_round(step)
+        if step in round_at:
+            configs = _from_main(ranks, wb.layout, configs)
         t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
-        k = min(options.configs_per_step, len(configs))
-        chosen = torch.randperm(len(configs), generator=g)[:k].tolist()
-        batches = [pool[torch.randint(len(pool), (options.batch_size,), generator=g)]
-                   for _ in range(options.grad_accumulation)]
+        draws = [step_draws(options, step, j, len(configs), len(pool)) for j in mine]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, options)
-        optimizer.zero_grad(set_to_none=True)
         coa.train(True)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=g)))  # dropout, reproducible per step
-            total = accumulate_gradients(coa, activate, [configs[ci] for ci in chosen], batches, options.objective)
+        total = step_gradients(coa, activate, list(params.values()), configs, pool, draws, options, ranks)
         norm = torch.nn.utils.clip_grad_norm_(list(params.values()), options.grad_clip or float("inf"))
         optimizer.step()
+        if not ranks.is_main:
+            continue
         row = {"step": step + 1, "loss": total, "lr": optimizer.param_groups[0]["lr"], "grad_norm": float(norm),
-               "configs": [configs[ci].key() for ci in chosen], "seconds": time.perf_counter() - t0}
+               "configs": [configs[ci].key() for ci in draws[0][0]], "seconds": time.perf_counter() - t0}
         if (step + 1) % options.eval_every == 0 or step + 1 == options.steps:
             row.update(_probe(coa, activate, probe_set, probe, options.batch_size))
         append_metrics(folder, row)
@@ -322,29 +340,12 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
     return TrainResult(coa, configs, folder, options.steps)
 
 
-def accumulate_gradients(coa: CoALoRAModel, activate: Callable[[ModelConfig], None], configs: list[ModelConfig],
-                         batches: list[torch.Tensor], objective: str = "lm") -> float:
-    """Run every micro-batch ``(batch, seq)`` under every configuration and accumulate the averaged gradients.
-
-    ``activate(config)`` switches the model (normally ``coa.set_config``). Returns the mean loss.
-    """
-    total, n = 0.0, len(configs) * len(batches)
-    for ids in batches:
-        teacher = _teacher_logits(coa, ids) if objective == "kd" else None
-        for config in configs:
-            activate(config)  # recomputes U with autograd: one backward frees its graph
-            out = coa.model(input_ids=ids, labels=ids if teacher is None else None)
-            loss = out.loss if teacher is None else _kl_to_teacher(out.logits, teacher)
-            (loss / n).backward()
-            total += loss.item() / n
-    return total
-
-
-def _teacher_logits(coa: CoALoRAModel, ids: torch.Tensor) -> torch.Tensor:
-    """The unquantized model's logits ``(batch, seq, vocab)``; the next activate() puts the configuration back."""
-    coa.qmodel.restore_()
-    with torch.no_grad(), coa.adapters_disabled():
-        return coa.model(input_ids=ids).logits
+def _from_main(ranks: distributed.Ranks, layout: ModelLayout, configs: list[ModelConfig] | None) -> list[ModelConfig]:
+    """Rank 0's configuration set on every rank (sent as option indices: the other ranks read no run folder)."""
+    if ranks.world_size == 1:
+        return configs
+    indices = ranks.broadcast_json([c.option_indices().tolist() for c in configs] if ranks.is_main else None)
+    return configs if ranks.is_main else [ModelConfig.from_option_indices(layout, i) for i in indices]
 
 
 def _probe(coa: CoALoRAModel, activate, configs: list[ModelConfig], windows: torch.Tensor, batch: int) -> dict:

@@ -1,0 +1,98 @@
+"""One optimiser step's gradient (METHOD.md §5): k configurations × micro-batches, over data-parallel replicas.
+
+    draws = [step_draws(options, step, j, len(configs), len(pool)) for j in ranks.replicas(options.replicas)]
+    loss = step_gradients(coa, coa.set_config, params, configs, pool, draws, options, ranks)
+
+A replica is one copy of the step's micro-batches with its own windows and dropout; every replica trains the same
+k configurations. One replica is the single-process trainer's step as it always was; several are summed across the
+processes of a torchrun job by :class:`coa_lora.distributed.Ranks`, or in one process, with the same result.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from .adapter import CoALoRAModel
+from .config import ModelConfig
+from .distributed import Ranks
+
+if TYPE_CHECKING:
+    from .train import TrainOptions
+
+
+def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int,
+               n_windows: int) -> tuple[list[int], list[torch.Tensor], int]:
+    """One replica's randomness at ``step``: the configurations (indices into the training set; replica 0's draw,
+    for every replica), ``grad_accumulation`` tensors ``(batch_size,)`` of window indices, and a dropout seed.
+
+    Replica 0 draws from the (seed, step) generator in the order the single-process trainer always has; replica
+    j > 0 draws its windows and dropout from its own (seed, step, j) generator, so whichever process runs it (and a
+    resume) draws the same.
+    """
+    g = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
+    chosen = torch.randperm(n_configs, generator=g)[:min(options.configs_per_step, n_configs)].tolist()
+    if replica:
+        # A seed range of its own per replica: replica 0's seeds stay below 2**48 for any practical seed and step.
+        g = torch.Generator().manual_seed((replica << 48) + options.seed * 1_000_003 + step)
+    rows = [torch.randint(n_windows, (options.batch_size,), generator=g) for _ in range(options.grad_accumulation)]
+    return chosen, rows, int(torch.randint(2**62, (1,), generator=g))
+
+
+def step_gradients(coa: CoALoRAModel, activate: Callable[[ModelConfig], None], params: list[torch.Tensor],
+                   configs: list[ModelConfig], pool: torch.Tensor, draws: list, options: TrainOptions,
+                   ranks: Ranks) -> float:
+    """Leave the step's gradient, averaged over all ``options.replicas``, in ``params``' ``.grad``; return the mean
+    loss. ``draws``: :func:`step_draws` of this rank's replicas; ``pool``: ``(n, seq)`` training windows.
+
+    Each replica's gradient is taken on its own, so two replicas add up to the same bits in one process as the
+    all-reduce of two processes gives; the sum over all of them is divided once.
+    """
+    sums = None
+    for chosen, rows, dropout in draws:
+        for p in params:
+            p.grad = None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(dropout)  # dropout, reproducible per step and replica
+            loss = accumulate_gradients(coa, activate, [configs[i] for i in chosen], [pool[r] for r in rows],
+                                        options.objective)
+        if options.replicas == 1:  # the single-process step, untouched
+            return loss
+        part = [p.grad for p in params] + [torch.tensor([loss], dtype=torch.float64)]
+        sums = part if sums is None else [a + b for a, b in zip(sums, part)]
+    ranks.all_reduce_sum_(sums)
+    for p, g in zip(params, sums):
+        p.grad = g / options.replicas
+    return float(sums[-1]) / options.replicas
+
+
+def accumulate_gradients(coa: CoALoRAModel, activate: Callable[[ModelConfig], None], configs: list[ModelConfig],
+                         batches: list[torch.Tensor], objective: str = "lm") -> float:
+    """Run every micro-batch ``(batch, seq)`` under every configuration and accumulate the averaged gradients.
+
+    ``activate(config)`` switches the model (normally ``coa.set_config``). Returns the mean loss.
+    """
+    total, n = 0.0, len(configs) * len(batches)
+    for ids in batches:
+        teacher = _teacher_logits(coa, ids) if objective == "kd" else None
+        for config in configs:
+            activate(config)  # recomputes U with autograd: one backward frees its graph
+            out = coa.model(input_ids=ids, labels=ids if teacher is None else None)
+            loss = out.loss if teacher is None else _kl_to_teacher(out.logits, teacher)
+            (loss / n).backward()
+            total += loss.item() / n
+    return total
+
+
+def _teacher_logits(coa: CoALoRAModel, ids: torch.Tensor) -> torch.Tensor:
+    """The unquantized model's logits ``(batch, seq, vocab)``; the next activate() puts the configuration back."""
+    coa.qmodel.restore_()
+    with torch.no_grad(), coa.adapters_disabled():
+        return coa.model(input_ids=ids).logits
+
+
+def _kl_to_teacher(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(teacher ‖ student); logits ``(batch, seq, vocab)``."""
+    t = teacher.log_softmax(-1)
+    return (t.exp() * (t - student.log_softmax(-1))).sum(-1).mean()
