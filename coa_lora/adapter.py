@@ -255,6 +255,14 @@ class CoALoRAModel:
         """Run the block on the bare (quantized or restored) base model."""
         return adapters_disabled(self.model)
 
+    def remove_(self) -> nn.Module:
+        """Unwrap: put every target's original ``nn.Linear`` back, so the model is the bare base again (another
+        adapter may then be wrapped around it). Returns the model; this object is unusable afterwards."""
+        for name, wrapper in self.wrappers.items():
+            self.model.set_submodule(name, wrapper.base_layer)
+        self.wrappers, self.network, self.config = {}, None, None
+        return self.model
+
     def merged_factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{target: (A (r, in), B' (out, r))}`` with B' = B(I + U) under the current configuration."""
         with torch.no_grad():

@@ -141,12 +141,14 @@ def save_checkpoint(folder: str | Path, step: int, params: Mapping[str, torch.Te
     write_safetensors(Path(folder) / CHECKPOINT_FILE, tensors, metadata)
 
 
-def load_checkpoint(folder: str | Path, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def load_checkpoint(folder: str | Path, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
                     weight_hash: str) -> int | None:
-    """Restore parameters and optimiser state in place and return the checkpoint's step (None: no checkpoint).
+    """Restore parameters (and, unless ``optimizer`` is None, the optimiser state) in place and return the
+    checkpoint's step (None: no checkpoint). Parameters stored in another dtype (a compact copy) are cast.
 
-    Everything is validated before anything is changed: a corrupt file, a different model or a different adapter
-    shape raises ValueError and leaves ``params`` and ``optimizer`` as they were.
+    Everything is validated before anything is changed: a corrupt file, a different model, a different adapter
+    shape, or a compact copy asked for its optimiser state raises ValueError and leaves ``params`` and ``optimizer``
+    as they were.
     """
     path = Path(folder) / CHECKPOINT_FILE
     if not path.is_file():
@@ -157,6 +159,9 @@ def load_checkpoint(folder: str | Path, params: Mapping[str, torch.Tensor], opti
                          f"{FORMAT_VERSION}.")
     if meta.get("weight_hash") != weight_hash:
         raise ValueError(f"{path} was trained on a different model (its weight hash differs from this model's).")
+    if optimizer is not None and COMPACT_KEY in meta:
+        raise ValueError(f"{path} is a compact copy ({meta[COMPACT_KEY]} parameters, no optimiser state): it can be "
+                         f"evaluated and exported, not resumed; resume the run it was copied from.")
     try:
         names, groups, scalars = (json.loads(meta[k]) for k in ("names", "param_groups", "scalars"))
         step = int(meta["step"])
@@ -167,6 +172,11 @@ def load_checkpoint(folder: str | Path, params: Mapping[str, torch.Tensor], opti
     for n, p in params.items():
         if n not in tensors or tuple(tensors[n].shape) != tuple(p.shape):
             raise ValueError(f"{path} holds a different adapter ({n} is missing or has another shape).")
+    if optimizer is None:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(tensors[n])
+        return step
     state: dict[int, dict] = {}
     for i, n in enumerate(names):
         slots = {k[len(_OPTIM_PREFIX) + len(n) + 1:]: t for k, t in tensors.items()
@@ -183,6 +193,48 @@ def load_checkpoint(folder: str | Path, params: Mapping[str, torch.Tensor], opti
             p.copy_(tensors[n])
     optimizer.load_state_dict({"state": state, "param_groups": param_groups})
     return step
+
+
+COMPACT_KEY = "compact_dtype"
+COMPACT_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def compact_run(src: str | Path, dst: str | Path, dtype: str = "float16") -> Path:
+    """A read-only copy of run ``src`` small enough to ship: every file as it is, except the checkpoint, whose
+    parameters are stored in ``dtype`` without the optimiser state (about 1/6 of the size in float16).
+
+    The copy evaluates and exports like the run (parameters are cast back on load); resuming it is refused in one
+    sentence. Written under a temporary name and renamed, so ``dst`` is either absent or complete.
+    """
+    import os
+    import secrets
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if dtype not in COMPACT_DTYPES:
+        raise ValueError(f"Unknown compact dtype {dtype!r}; choose one of {sorted(COMPACT_DTYPES)}.")
+    read_run_info(src)  # a clear error for a folder that is not a run
+    if not (src / CHECKPOINT_FILE).is_file():
+        raise ValueError(f"Run {src} has no checkpoint yet; nothing to copy.")
+    if dst.exists():
+        raise ValueError(f"{dst} already exists; give a new folder for the compact copy.")
+    tensors, meta = read_safetensors(src / CHECKPOINT_FILE)
+    names = json.loads(meta["names"])
+    compact = {n: tensors[n].to(COMPACT_DTYPES[dtype]) for n in names}
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        for f in sorted(src.iterdir()):
+            if f.is_file() and f.name != CHECKPOINT_FILE and not f.name.startswith("."):
+                shutil.copy2(f, tmp / f.name)
+        keep = {k: meta[k] for k in ("format_version", "step", "weight_hash", "names")}
+        write_safetensors(tmp / CHECKPOINT_FILE, compact, {**keep, "param_groups": "[]", "scalars": "{}",
+                                                           COMPACT_KEY: dtype})
+        os.rename(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
 
 
 # ----- metrics -------------------------------------------------------------------------------------------------------

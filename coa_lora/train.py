@@ -373,9 +373,7 @@ def load_trained(wb, folder: str | Path) -> tuple[CoALoRAModel, TrainOptions, li
         raise ValueError(f"Run {folder} was trained on a different model than {wb.layout.model_id}.")
     configs = read_configs(folder, wb.layout) or []
     coa = build_adapter(wb, options)
-    params = coa.named_parameters()
-    optimizer = torch.optim.AdamW(params.values(), lr=options.lr)
-    if load_checkpoint(folder, params, optimizer, saved.weight_hash) is None:
+    if load_checkpoint(folder, coa.named_parameters(), None, saved.weight_hash) is None:
         raise ValueError(f"Run {folder} has no checkpoint yet.")
     coa.train(False)
     return coa, options, configs
