@@ -31,7 +31,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m coa_lora", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("prepare", help="prepare the offline assets (embedded model, Shakespeare text); idempotent")
+    p = sub.add_parser("prepare", help="prepare the offline assets (embedded model, Shakespeare text) and the "
+                                       "embedded model's damage table and allocation grid; idempotent")
+    p.add_argument("--assets-only", action="store_true", help="only the model and text, not the allocation data")
+
+    p = sub.add_parser("compact", help="a small read-only copy of a run to ship or share (adapter in a compact "
+                                       "dtype, no optimiser state)")
+    p.add_argument("--run", type=Path, required=True, help="run folder written by `train`")
+    p.add_argument("--out", type=Path, required=True, help="new folder for the copy")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="dtype of the adapter tensors in the copy (default float16)")
 
     p = sub.add_parser("allocate", help="budget -> per-matrix quantization configuration (exact MILP)")
     _add_model_args(p)
@@ -104,7 +113,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "prepare":
-            return _prepare()
+            return _prepare(args)
+        if args.command == "compact":
+            return _compact(args)
         if args.command == "allocate":
             return _allocate(args)
         if args.command == "show":
@@ -128,13 +139,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     raise AssertionError(args.command)
 
 
-def _prepare() -> int:
+def _prepare(args) -> int:
     from .assets import prepare_assets
     from .progress import tqdm_progress
 
     with tqdm_progress("prepare") as progress:
         prepare_assets(progress=progress)
+    if not args.assets_only:
+        # What the explorer's budget slider needs, shipped in data/precomputed or computed here once (~15 min on
+        # 2 cores without the shipped files), never on a user's first click.
+        from .explorer import Explorer
+
+        with tqdm_progress("damage table and allocation grid (once per model)") as progress:
+            Explorer.load("smollm2").allocator(progress, solve_grid=True)
     print("assets ready")
+    return 0
+
+
+def _compact(args) -> int:
+    from .runs import compact_run
+
+    out = compact_run(args.run, args.out, args.dtype)
+    print(f"compact copy of {args.run} ({args.dtype} adapter, no optimiser state) -> {out}")
     return 0
 
 
@@ -257,7 +283,7 @@ def _eval(args) -> int:
             "results": results_json(results),
         }))
     else:
-        label = "full precision" if config is None else f"{config.avg_bits:.3f} average bits ({config.key()})"
+        label = "unquantized reference" if config is None else f"{config.avg_bits:.3f} average bits ({config.key()})"
         if args.run is not None:
             label += f", adapter of {args.run}"
         print(f"{wb.layout.model_id}, {label}")

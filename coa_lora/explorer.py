@@ -1,0 +1,173 @@
+"""One loaded model shared by every user of the explorer (and by a notebook): exact allocation at slider speed,
+the adapters of trained runs, and live evaluation — safe to call from several threads at once.
+
+The model is shared and configurations are applied to it in place, so everything that touches its weights runs under
+one lock: two users who pick different budgets at the same moment are served one after the other, each under their
+own configuration and adapter. Allocation from the grid and reading runs need no lock.
+
+    ex = Explorer.load("smollm2")
+    alloc = ex.allocate(3.0)                                    # exact, from the pre-solved grid
+    ex.evaluate("date_understanding", alloc.config, run="data/reference/coa_search", limit=50)
+    ex.evaluate("date_understanding", alloc.config, limit=50)   # the quantized base, every adapter off
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .allocate import Allocation
+from .allocation_grid import GridAllocator, install_shipped, load_grid, load_or_solve_grid
+from .config import ModelConfig
+from .evaluator import Evaluator, Result, default_cache_dir
+from .loglik import StopFn
+from .progress import ProgressFn
+from .run_view import RunView, open_run
+from .space import ALL_OPTIONS, QuantOption
+from .workbench import DEFAULT_WEIGHTING, Workbench
+
+
+@dataclass(frozen=True)
+class Instantiation:
+    """A configuration put on the model, with what it costs."""
+
+    config: ModelConfig
+    seconds: float  # time to swap the quantized weights in (cold: quantize every changed matrix; warm: cached)
+
+
+class Explorer:
+    """A :class:`~coa_lora.Workbench` with a lock, a result cache, the allocation grid and the attached adapter."""
+
+    def __init__(self, workbench: Workbench, eval_cache_dir: Optional[Path] = None,
+                 weighting: str = DEFAULT_WEIGHTING):
+        self.wb = workbench
+        self.weighting = weighting
+        self.lock = threading.RLock()
+        self.evaluator = Evaluator(workbench, cache_dir=eval_cache_dir)
+        self._grid: Optional[GridAllocator] = None
+        self._attached: Optional[tuple[Path, object]] = None  # (run folder, CoALoRAModel)
+
+    @classmethod
+    def load(cls, model: str = "smollm2", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+             eval_cache_dir: Optional[Path] = None) -> "Explorer":
+        """``eval_cache_dir`` defaults to ``<coa_lora cache>/evals`` (results survive restarts)."""
+        wb = Workbench.load(model, device=device, dtype=dtype)
+        return cls(wb, eval_cache_dir if eval_cache_dir is not None else default_cache_dir())
+
+    @property
+    def layout(self):
+        return self.wb.layout
+
+    # ----- allocation ---------------------------------------------------------------------------------------------
+    def allocator(self, progress: Optional[ProgressFn] = None, solve_grid: bool = False) -> GridAllocator:
+        """The grid-backed allocator: damage table and grid from disk (shipped for the embedded model, or made by
+        ``python -m coa_lora prepare``). Without a saved grid, budgets are solved live as asked, unless
+        ``solve_grid`` (then the whole grid is solved now, with ``progress``, and saved)."""
+        if self._grid is None or (solve_grid and self._grid.grid is None):
+            with self.lock:  # the Fisher weighting runs the model on a cache miss
+                from .assets import cache_dir
+
+                install_shipped(cache_dir())
+                table = self.wb.damage_table(self.weighting, progress)
+                allocator = self.wb.allocator(self.weighting, progress)
+                folder = cache_dir() / "allocations"
+                grid = (load_or_solve_grid(allocator, table.key, folder, progress=progress) if solve_grid
+                        else load_grid(table.key, folder, len(self.layout)))
+                self._grid = GridAllocator(allocator, grid)
+        return self._grid
+
+    @property
+    def budget_range(self) -> tuple[float, float]:
+        return self.allocator().budget_range
+
+    def allocate(self, budget: float) -> Allocation:
+        """The exact least-damage configuration within ``budget`` average bits (instant on the grid)."""
+        return self.allocator().allocate(budget)
+
+    def damage(self, config: ModelConfig) -> float:
+        """Total (weighted) damage of ``config``, the allocator's objective."""
+        return self.wb.damage_table(self.weighting).damage(config.option_indices())
+
+    def uniform_counterpart(self, config: ModelConfig) -> ModelConfig:
+        """The uniform configuration (one option everywhere) whose size is nearest ``config``'s, not larger."""
+        fitting = [o for o in ALL_OPTIONS if o.bits_per_weight <= config.avg_bits + 1e-12] or [ALL_OPTIONS[0]]
+        best: QuantOption = max(fitting, key=lambda o: (o.bits_per_weight, -self.damage(
+            ModelConfig.uniform(self.layout, o))))
+        return ModelConfig.uniform(self.layout, best)
+
+    # ----- runs ---------------------------------------------------------------------------------------------------
+    def open_run(self, folder: str | Path) -> RunView:
+        """A run of THIS model (another model's run is refused in one sentence)."""
+        return open_run(folder, weight_hash=self.wb.weight_hash, model_id=self.layout.model_id)
+
+    def searched_configuration(self, view: RunView, budget: float) -> tuple[ModelConfig, float]:
+        """From the run's searched training set: the configuration of least probe loss within ``budget`` bits."""
+        chosen = [(c, f) for c, f in view.searched_set(self.layout) if c.avg_bits <= budget + 1e-12]
+        if not view.has_search:
+            raise ValueError(f"Run {view.name} has no configuration search; use the allocator.")
+        if not chosen:
+            low = min(c.avg_bits for c, _ in view.searched_set(self.layout))
+            raise ValueError(f"Run {view.name}'s searched set has no configuration within {budget:.2f} bits; its "
+                             f"smallest has {low:.3f} bits.")
+        return min(chosen, key=lambda cf: cf[1])
+
+    # ----- the shared model ---------------------------------------------------------------------------------------
+    def instantiate(self, config: Optional[ModelConfig], timeout: float = -1) -> Optional[Instantiation]:
+        """Put ``config`` on the model (None: the unquantized reference) and time it.
+
+        ``timeout`` seconds to wait for the model (-1: as long as it takes); None when another user's evaluation
+        still holds it then (an evaluation applies its own configuration anyway)."""
+        if not self.lock.acquire(timeout=timeout):
+            return None
+        try:
+            t0 = time.perf_counter()
+            if config is None:
+                self.wb.qmodel.restore_()
+            else:
+                self.wb.qmodel.apply_(config)
+            return Instantiation(config, time.perf_counter() - t0)
+        finally:
+            self.lock.release()
+
+    def adapter(self, run: str | Path):
+        """The trained adapter of ``run``, wrapped around the model (any other adapter is unwrapped first)."""
+        from .train import load_trained
+
+        folder = Path(run).expanduser().resolve()
+        with self.lock:
+            if self._attached is not None and self._attached[0] == folder:
+                return self._attached[1]
+            view = self.open_run(folder)
+            if view.method == "lqlora":
+                raise ValueError(f"Run {view.name} is LQ-LoRA: its base weights Q(W - L1L2) differ per "
+                                 f"configuration, so it cannot be evaluated on the shared model.")
+            if not view.has_checkpoint:
+                raise ValueError(f"Run {view.name} has no checkpoint yet; wait for its first one.")
+            if self._attached is not None:
+                self._attached[1].remove_()
+                self._attached = None
+            coa, _, _ = load_trained(self.wb, folder)
+            self._attached = (folder, coa)
+            return coa
+
+    def evaluate(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
+                 limit: Optional[int] = None, progress: Optional[ProgressFn] = None,
+                 should_stop: Optional[StopFn] = None) -> Result:
+        """``task`` under ``config`` (None: unquantized) with ``run``'s adapter, or with every adapter off.
+
+        Cached by the evaluator (memory and disk); a cancelled run raises ``EvaluationCancelled``."""
+        with self.lock:
+            adapter = self.adapter(run) if run is not None else None
+            return self.evaluator.run(task, config, limit=limit, progress=progress, should_stop=should_stop,
+                                      adapter=adapter)
+
+    def cached(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
+               limit: Optional[int] = None) -> Optional[Result]:
+        """The stored result, or None; never evaluates (it may load the run's adapter to know its key)."""
+        with self.lock:
+            key = self.adapter(run).fingerprint() if run is not None else None
+            return self.evaluator.cached(task, config, key, limit)
