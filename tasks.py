@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set-up and entry points that work on a fresh machine with only Python 3.11 and pip.
 
-    python3 tasks.py app    # install, prepare the offline assets, run the main job on the embedded model
+    python3 tasks.py app    # install, prepare the offline assets, start the explorer on the embedded model
     python3 tasks.py test   # install, prepare the offline assets, run the test suite
 
 Installation goes into ./.venv and is skipped when requirements.txt has not changed since the last install;
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -47,12 +48,25 @@ def prepare() -> None:
 
 
 def app() -> None:
-    # The main job until the Streamlit explorer lands: the budget -> configuration walkthrough on SmolLM2.
-    for budget in ("2.5", "3.0", "4.0"):
-        run(PY, "-m", "coa_lora", "allocate", "--model", "smollm2", "--budget", budget)
+    # Headless: no browser is opened here; Streamlit prints the local URL (open it, or forward the port over SSH).
+    os.execv(PY, [str(PY), "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
+                  "--browser.gatherUsageStats", "false", *sys.argv[2:]])
+
+
+def browser() -> None:
+    """Debian's headless Chromium for the browser test (Playwright drives it; its own download is blocked here)."""
+    if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print("+ apt-get install chromium (for tests/test_browser.py)", flush=True)
+    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "chromium"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
 
 
 def test() -> None:
+    browser()
     run(PY, "-m", "pytest", "-q", *sys.argv[2:])
 
 

@@ -1,0 +1,125 @@
+"""State shared by the explorer's views: the model (one per process, for every browser session), the runs a user can
+open, and the user's selection. Views call only this module and the public coa_lora API."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import streamlit as st
+
+from coa_lora.explorer import Explorer
+from coa_lora.run_view import RunView, find_runs
+from coa_lora.runs import read_run_info
+
+ROOT = Path(__file__).resolve().parent.parent
+# The shipped reference runs (see README: how they were made); the tests point this at their own runs.
+REFERENCE_DIR = Path(os.environ.get("COA_LORA_REFERENCE", ROOT / "data" / "reference"))
+RUNS_DIR = Path(os.environ.get("COA_LORA_RUNS", ROOT / "runs"))  # where runs started from the app go
+MODEL = os.environ.get("COA_LORA_MODEL", "smollm2")  # `tiny` in the tests
+
+
+@st.cache_resource(show_spinner="Loading the model and its allocation grid …")
+def explorer(model: str = MODEL) -> Explorer:
+    ex = Explorer.load(model)
+    ex.allocator()  # damage table and grid from disk (prepared by `python -m coa_lora prepare`)
+    return ex
+
+
+@st.cache_resource
+def train_jobs() -> dict:
+    """Training processes started from the app, by run folder: shared by every session of this server."""
+    return {}
+
+
+def _stamp(folder: Path) -> tuple:
+    return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()))
+
+
+@st.cache_resource
+def _views() -> dict:
+    return {}
+
+
+def run_view(folder: str | Path) -> RunView:
+    """The run at ``folder`` (re-read when any of its files changed); ValueError with one sentence otherwise."""
+    folder = Path(folder).expanduser()
+    key = str(folder.resolve()) if folder.exists() else str(folder)
+    cache = _views()
+    stamp = _stamp(folder) if folder.is_dir() else ()
+    hit = cache.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = (stamp, explorer().open_run(folder))
+        cache[key] = hit
+    return hit[1]
+
+
+def known_runs() -> list[Path]:
+    """The shipped reference runs, then the runs in ./runs: those of the loaded model."""
+    mine = explorer().wb.weight_hash
+    return [p for p in find_runs(REFERENCE_DIR) + find_runs(RUNS_DIR) if _weight_hash(p) == mine]
+
+
+def _weight_hash(folder: Path) -> Optional[str]:
+    try:
+        return read_run_info(folder).weight_hash
+    except ValueError:
+        return None
+
+
+def _label(path: Path) -> str:
+    where = "reference" if path.parent == REFERENCE_DIR else str(path.parent.name)
+    return f"{path.name}  ·  {where}"
+
+
+def sidebar() -> None:
+    """Model facts, the run to show and the run to compare with; sets ``run`` / ``compare`` in session state."""
+    ex = explorer()
+    st.sidebar.markdown(f"**Model** `{ex.layout.model_id}`  \n{len(ex.layout)} target matrices, "
+                        f"{ex.layout.full_size_bytes / 2**20:.0f} MiB unquantized")
+    runs = known_runs()
+    paths = [str(p) for p in runs]
+    labels = {str(p): _label(p) for p in runs}
+    typed = st.sidebar.text_input("Open a run folder", key="run_folder", placeholder="runs/my_run",
+                                  help="Any folder written by `python -m coa_lora train --out`.")
+    options = paths + ([typed] if typed and typed not in paths else [])
+    if not options:
+        st.session_state["run"] = None
+        st.sidebar.info("No run yet: start one on the Train page.")
+        return
+    default = options.index(typed) if typed else 0
+    st.session_state["run"] = st.sidebar.selectbox("Run", options, index=default, key="run_choice",
+                                                   format_func=lambda p: labels.get(p, p))
+    shared = [p for p in paths if _method(p) == "shared"]
+    st.session_state["compare"] = st.sidebar.selectbox(
+        "Compare with (Shared-LoRA)", [None] + shared, index=1 if shared else 0, key="compare_choice",
+        format_func=lambda p: "none" if p is None else labels.get(p, p))
+
+
+def _method(path: str) -> Optional[str]:
+    try:
+        return run_view(path).method
+    except ValueError:
+        return None
+
+
+def current_run() -> Optional[RunView]:
+    """The chosen run, or None (with the reason shown) when there is none or it cannot be read."""
+    folder = st.session_state.get("run")
+    if not folder:
+        return None
+    try:
+        return run_view(folder)
+    except ValueError as exc:
+        st.error(str(exc))
+        return None
+
+
+def compare_run() -> Optional[RunView]:
+    folder = st.session_state.get("compare")
+    if not folder:
+        return None
+    try:
+        return run_view(folder)
+    except ValueError:
+        return None

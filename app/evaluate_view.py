@@ -1,0 +1,102 @@
+"""Evaluate: live zero-shot accuracy and perplexity of the instantiated configuration, beside its references."""
+from __future__ import annotations
+
+import streamlit as st
+
+from coa_lora import plots
+from coa_lora.mc_tasks import embedded_tasks
+from coa_lora.models import REFERENCE_LABEL
+from common import compare_run, current_run, explorer
+from jobs import Job, start_thread
+
+PPL = "ppl"
+
+
+def render() -> None:
+    st.header("Evaluate the instantiated configuration")
+    ex = explorer()
+    config = st.session_state.get("config")
+    if config is None:
+        config = ex.allocate(3.0).config
+        st.session_state["config"], st.session_state["config_label"] = config, "3.000 bits (allocator at 3.00 bits)"
+    st.markdown(f"**Configuration:** {st.session_state['config_label']} — change it on the Instantiate page.")
+    view, shared = current_run(), compare_run()
+    columns = _columns(view, shared)
+    tasks = st.multiselect("Tasks", embedded_tasks() + [PPL], default=[embedded_tasks()[0]], key="tasks",
+                           help="Embedded BIG-bench multiple-choice subsets (offline), or ppl: perplexity on the "
+                                "held-out plays.")
+    c1, c2 = st.columns(2)
+    limit = c1.number_input("Items per task (ppl: windows of 1024 tokens per held-out play)", min_value=1,
+                            max_value=2000, value=40, key="limit")
+    chosen = c2.multiselect("Compare", list(columns), default=list(columns), key="columns")
+    job: Job | None = st.session_state.get("eval_job")
+    running = job is not None and not job.snapshot()["finished"]
+    if st.button("Run evaluation", type="primary", disabled=running or not tasks or not chosen, key="run_eval"):
+        plan = [(col, columns[col], t) for col in chosen for t in tasks]
+        job = Job(f"{len(plan)} evaluations")
+        st.session_state["eval_job"] = job
+        start_thread(job, lambda j: _evaluate(ex, config, plan, int(limit), j))
+        running = True
+    if job is not None:
+        st.fragment(_progress, run_every=1.0 if running else None)()
+
+
+def _columns(view, shared) -> dict:
+    """Column label → (configuration or None for the reference, run folder or None)."""
+    cols = {REFERENCE_LABEL: ("reference", None), "quantized base (no adapter)": ("config", None)}
+    if view is not None and view.has_checkpoint and view.method != "lqlora":
+        cols[f"{view.method} adapter · {view.name}"] = ("config", str(view.folder))
+    if shared is not None and shared.has_checkpoint and (view is None or shared.folder != view.folder):
+        cols[f"Shared-LoRA · {shared.name}"] = ("config", str(shared.folder))
+    return cols
+
+
+def _evaluate(ex, config, plan, limit: int, job: Job) -> dict:
+    results: dict = {}
+    for i, (col, (which, run), task) in enumerate(plan):
+        def progress(done, total, message="", i=i, col=col, task=task):
+            job.progress(i * 1000 + int(1000 * done / max(total, 1)), len(plan) * 1000,
+                         f"{task} · {col}: {done}/{total}")
+        cfg = None if which == "reference" else config
+        results.setdefault(col, {})[task] = ex.evaluate(task, cfg, run, limit, progress, job.stop.is_set)
+    job.progress(len(plan) * 1000, len(plan) * 1000, "done")
+    return results
+
+
+def _progress() -> None:
+    job: Job = st.session_state["eval_job"]
+    snap = job.snapshot()
+    if not snap["finished"]:
+        st.progress(job.fraction, text=f"{snap['message']} · {snap['seconds']:.0f} s")
+        if st.button("Cancel", key="cancel_eval"):
+            job.cancel()
+        return
+    if snap["error"]:
+        (st.warning if snap["cancelled"] else st.error)(snap["error"])
+        return
+    _show(snap["result"])
+
+
+def _show(results: dict) -> None:
+    frame = plots.results_frame(results)
+    metrics = [m for m in ("acc", "acc_norm", "perplexity") if (frame["metric"] == m).any()]
+    st.success(f"Done: {frame['task'].nunique()} task(s) × {frame['column'].nunique()} column(s).")
+    tabs = st.tabs(metrics + ["table", "flipped items"])
+    for tab, metric in zip(tabs, metrics):
+        tab.plotly_chart(plots.results_bars(frame, metric), key=f"bars_{metric}")
+    tabs[len(metrics)].dataframe(frame, hide_index=True)
+    with tabs[len(metrics) + 1]:
+        mc = [t for t in frame.loc[frame["metric"] == "acc", "task"].unique()]
+        if not mc:
+            st.info("Perplexity has no items to compare; pick a multiple-choice task.")
+            return
+        cols = list(results)
+        task = st.selectbox("Task", mc, key="flip_task")
+        a = st.selectbox("From", cols, index=min(1, len(cols) - 1), key="flip_a")
+        b = st.selectbox("To", cols, index=len(cols) - 1, key="flip_b")
+        flips = plots.flipped_items(results[a][task], results[b][task], a, b)
+        st.caption(f"{len(flips)} item(s) changed correctness between the two columns.")
+        st.dataframe(flips, hide_index=True)
+
+
+render()

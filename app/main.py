@@ -1,0 +1,22 @@
+"""coa-lora explorer: `streamlit run app/main.py`. The frame (title, sidebar, shared state) and the router only;
+each view lives in its own module."""
+from __future__ import annotations
+
+import streamlit as st
+
+from common import explorer, sidebar
+
+st.set_page_config(page_title="coa-lora explorer", page_icon="🧮", layout="wide")
+st.title("coa-lora explorer")
+st.caption("One adapter for every bit budget: configuration-aware LoRA (CoA-LoRA) for mixed-precision quantized LLMs.")
+
+explorer()
+sidebar()
+page = st.navigation([
+    st.Page("search_view.py", title="Search", icon="📈", default=True),
+    st.Page("instantiate_view.py", title="Instantiate", icon="🎚️"),
+    st.Page("evaluate_view.py", title="Evaluate", icon="✅"),
+    st.Page("train_view.py", title="Train", icon="🏋️"),
+    st.Page("about_view.py", title="About", icon="📖"),
+])
+page.run()

@@ -1,0 +1,139 @@
+"""The Streamlit explorer under streamlit.testing.v1.AppTest, on the tiny model and a run made by the CLI
+(tests/data/tiny_search_run: `train --model tiny --method coa --search --steps 6 --rounds 2 --segments 8
+--budgets 2.5,3,4,5,6`, then `compact`)."""
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_RUN = ROOT / "tests" / "data" / "tiny_search_run"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_app(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COA_LORA_MODEL", "tiny")
+    mp.setenv("COA_LORA_REFERENCE", str(TINY_RUN.parent))
+    mp.setenv("COA_LORA_RUNS", str(tmp_path_factory.mktemp("runs")))
+    yield
+    mp.undo()
+
+
+def app():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def figures(at) -> list[dict]:
+    return [json.loads(e.proto.spec) for e in at.get("plotly_chart")]
+
+
+def messages(at) -> str:
+    return " ".join(str(e.value) for kind in ("error", "warning", "info") for e in getattr(at, kind))
+
+
+def test_app_starts_on_the_search_view_and_the_round_slider_changes_the_plotted_round():
+    at = app()
+    assert at.title[0].value == "coa-lora explorer"
+    assert not at.error
+    slider = at.select_slider(key="round_sel")
+    rounds = slider.options
+    assert len(rounds) >= 3
+    titles = [f["layout"]["title"]["text"] for f in figures(at)]
+    assert any("round 3" in t for t in titles), titles  # the last round first
+    slider.set_value("1").run()
+    assert not at.exception
+    titles = [f["layout"]["title"]["text"] for f in figures(at)]
+    assert any("round 1 (search)" in t for t in titles), titles
+    hv = [f for f in figures(at) if "Hypervolume" in f["layout"]["title"]["text"]]
+    assert hv and len(hv[0]["data"][0]["x"]) == len(rounds)
+
+
+def test_budget_slider_yields_a_configuration_within_the_budget():
+    at = app()
+    at.switch_page("instantiate_view.py").run()
+    assert not at.exception
+    for budget in (2.5, 3.0, 4.25, 6.0):
+        at.slider(key="budget").set_value(budget).run()
+        assert not at.exception
+        config = at.session_state["config"]
+        assert config.avg_bits <= budget + 1e-12
+        assert any("bits per weight" in f["layout"]["title"]["text"].lower() for f in figures(at))
+    at.radio(key="source").set_value("searched").run()
+    at.slider(key="budget").set_value(2.05).run()
+    assert "has no configuration within 2.05 bits" in messages(at)
+
+
+def wait_for_job(at, seconds=240):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        job = at.session_state["eval_job"]
+        if job.snapshot()["finished"]:
+            at.run()
+            return job
+        time.sleep(0.5)
+    raise AssertionError("the evaluation did not finish")
+
+
+def test_evaluation_on_the_tiny_model_completes_and_shows_numbers():
+    at = app()
+    at.switch_page("evaluate_view.py").run()
+    assert not at.exception
+    at.multiselect(key="tasks").set_value(["date_understanding"])
+    at.number_input(key="limit").set_value(3)
+    at.button(key="run_eval").click().run()
+    job = wait_for_job(at)
+    snap = job.snapshot()
+    assert snap["error"] is None, snap["error"]
+    results = snap["result"]
+    assert len(results) == 4  # reference, quantized base, the run's adapter, (no Shared-LoRA run here) ...
+    accs = [r["date_understanding"].acc for r in results.values()]
+    assert all(0.0 <= a <= 1.0 for a in accs)
+    bars = [f for f in figures(at) if "accuracy" in f["layout"]["title"]["text"]]
+    assert bars and len(bars[0]["data"]) == len(results)
+    assert not at.exception
+
+
+def test_a_cancelled_evaluation_says_so():
+    at = app()
+    at.switch_page("evaluate_view.py").run()
+    at.multiselect(key="tasks").set_value(["ppl"])
+    at.number_input(key="limit").set_value(400)
+    at.button(key="run_eval").click().run()
+    at.session_state["eval_job"].cancel()
+    wait_for_job(at)
+    assert "cancelled" in messages(at)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("empty", "is empty"),
+    ("foreign", "is not a coa-lora run folder"),
+    ("other_model", "not on the loaded model"),
+    ("corrupt", "is corrupt"),
+])
+def test_bad_run_folders_get_one_clear_message(tmp_path, kind, expected):
+    folder = tmp_path / kind
+    if kind == "empty":
+        folder.mkdir()
+    elif kind == "foreign":
+        folder.mkdir()
+        (folder / "model.gguf").write_bytes(b"GGUF")
+    else:
+        shutil.copytree(TINY_RUN, folder)
+        if kind == "other_model":
+            info = json.loads((folder / "run.json").read_text())
+            info["weight_hash"] = "f" * 64
+            (folder / "run.json").write_text(json.dumps(info))
+        else:
+            (folder / "search_pool.jsonl").write_text("{not json\n")
+    at = app()
+    at.sidebar.text_input(key="run_folder").input(str(folder)).run()
+    assert not at.exception
+    assert expected in messages(at), messages(at)

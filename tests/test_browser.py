@@ -1,0 +1,94 @@
+"""The explorer in a real browser: `streamlit run app/main.py` on the embedded SmolLM2 with the shipped reference runs,
+driven by Playwright in Debian's headless Chromium (installed by `python3 tasks.py test` when missing). Screenshots
+go to ``artifacts/screenshots`` (``$COA_LORA_ARTIFACTS`` overrides)."""
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(os.environ.get("COA_LORA_ARTIFACTS", ROOT / "artifacts")) / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ERRORS = '[data-testid="stException"], [data-testid="stAlertContentError"]'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("COA_LORA_MODEL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"streamlit did not start: {proc.stdout.read()[-2000:]}")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.mark.smollm2
+def test_the_app_in_chromium_shows_charts_moves_the_budget_slider_and_has_no_error_box(server):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: `python3 tasks.py test` installs it"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(server, timeout=120_000)
+        page.wait_for_selector("h1:has-text('coa-lora explorer')", timeout=180_000)
+        page.wait_for_selector(".js-plotly-plot", timeout=180_000)
+        page.wait_for_timeout(1500)  # let plotly finish drawing
+        assert page.locator(ERRORS).count() == 0
+        page.screenshot(path=str(SHOTS / "1_search.png"), full_page=True)
+
+        page.goto(f"{server}/instantiate_view", timeout=120_000)
+        page.wait_for_selector(".js-plotly-plot", timeout=180_000)
+        bits = page.locator('[data-testid="stMetricValue"]').first
+        before = bits.inner_text()
+        page.screenshot(path=str(SHOTS / "2_instantiate.png"), full_page=True)
+        thumb = page.locator('[data-testid="stSlider"] [role="slider"]').first
+        thumb.focus()
+        for _ in range(10):  # +0.5 bits
+            page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            "before => document.querySelector('[data-testid=\"stMetricValue\"]').innerText !== before", arg=before,
+            timeout=60_000)
+        after = bits.inner_text()
+        assert float(re.sub(r"[^0-9.]", "", after)) > float(re.sub(r"[^0-9.]", "", before))
+        page.wait_for_timeout(1000)
+        assert page.locator(ERRORS).count() == 0
+        page.screenshot(path=str(SHOTS / "3_instantiate_moved.png"), full_page=True)
+
+        page.goto(f"{server}/about_view", timeout=120_000)
+        page.wait_for_selector("h2:has-text('What CoA-LoRA does')", timeout=120_000)
+        page.wait_for_timeout(1500)
+        assert page.locator(ERRORS).count() == 0
+        page.screenshot(path=str(SHOTS / "4_about.png"), full_page=True)
+        browser.close()

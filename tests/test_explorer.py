@@ -1,0 +1,124 @@
+"""The explorer's shared model on the tiny model: concurrent users each get their own configuration's result,
+adapters of runs attach and detach cleanly, runs are read with clear errors, compact copies evaluate but never
+resume."""
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from coa_lora import ModelConfig, Workbench, preset
+from coa_lora.explorer import Explorer
+from coa_lora.run_view import open_run
+from coa_lora.runs import CHECKPOINT_FILE, compact_run, read_safetensors
+from coa_lora.train import TrainOptions, load_trained, train
+
+TINY_RUN = Path(__file__).parent / "data" / "tiny_search_run"
+ROWS = [
+    {"context": "The capital of France is", "choices": ["Paris", "a big city in Europe"], "gold": 0},
+    {"context": "2 + 2 =", "choices": ["4", "5", "22"], "gold": 0},
+    {"context": "The opposite of hot is", "choices": ["cold", "warm"], "gold": 0},
+]
+
+
+@pytest.fixture()
+def task_file(tmp_path):
+    path = tmp_path / "hand.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return str(path)
+
+
+def logprobs(result):
+    return [lp for item in result.items for lp in item.logprobs]
+
+
+def test_two_users_evaluating_different_budgets_at_once_each_get_their_own_configuration(task_file):
+    ex = Explorer(Workbench.load("tiny"))
+    configs = [ModelConfig.uniform(ex.layout, preset(p)) for p in ("nf2", "nf4")]
+    expected = [logprobs(Explorer(Workbench.load("tiny")).evaluate(task_file, c)) for c in configs]
+    assert expected[0] != expected[1]
+    start, out = threading.Barrier(2), [None, None]
+
+    def user(i):
+        start.wait()
+        for _ in range(3):  # interleave: each thread re-applies its configuration while the other one waits
+            ex.evaluator._memory.clear()
+            out[i] = logprobs(ex.evaluate(task_file, configs[i]))
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == expected
+
+
+def test_bare_model_after_an_adapter_equals_a_never_wrapped_model_and_adapters_switch(task_file, tmp_path):
+    ex = Explorer(Workbench.load("tiny"))
+    config = ModelConfig.uniform(ex.layout, preset("nf3"))
+    fresh = Explorer(Workbench.load("tiny")).evaluate(task_file, config)
+    shared = tmp_path / "shared"
+    wb = Workbench.load("tiny")
+    train(wb, TrainOptions(method="shared", steps=2, budgets=(3.0, 4.0), checkpoint_every=1, eval_every=2), shared)
+    with_coa = ex.evaluate(task_file, config, run=TINY_RUN)
+    with_shared = ex.evaluate(task_file, config, run=shared)
+    bare = ex.evaluate(task_file, config)
+    assert logprobs(bare) == logprobs(fresh)
+    assert logprobs(with_coa) != logprobs(bare) and logprobs(with_shared) != logprobs(with_coa)
+    # A second explorer that attaches the runs in the other order gets the same numbers (switching is clean).
+    other = Explorer(Workbench.load("tiny"))
+    assert logprobs(other.evaluate(task_file, config, run=shared)) == logprobs(with_shared)
+    assert logprobs(other.evaluate(task_file, config, run=TINY_RUN)) == logprobs(with_coa)
+
+
+def test_searched_configuration_is_the_least_probe_loss_within_the_budget():
+    ex = Explorer(Workbench.load("tiny"))
+    view = ex.open_run(TINY_RUN)
+    searched = view.searched_set(ex.layout)
+    assert searched and [c.avg_bits for c, _ in searched] == sorted(c.avg_bits for c, _ in searched)
+    budget = searched[-1][0].avg_bits
+    config, f1 = ex.searched_configuration(view, budget)
+    assert config.avg_bits <= budget and f1 == min(f for c, f in searched if c.avg_bits <= budget)
+    with pytest.raises(ValueError, match="has no configuration within 2.00 bits; its smallest has"):
+        ex.searched_configuration(view, 2.0)
+
+
+def test_run_view_refuses_what_is_not_a_readable_run_of_this_model(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="is empty"):
+        open_run(empty)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="is not a coa-lora run folder"):
+        open_run(foreign)
+    with pytest.raises(ValueError, match="was trained on tiny-llama, not on the loaded model"):
+        open_run(TINY_RUN, weight_hash="0" * 64)
+    broken = tmp_path / "broken"
+    shutil.copytree(TINY_RUN, broken)
+    (broken / "search_history.jsonl").write_text('{"round": 0, "id"')
+    with pytest.raises(ValueError, match="search_history.jsonl is corrupt"):
+        open_run(broken)
+    view = open_run(TINY_RUN)
+    assert view.has_search and view.round_numbers()[0] == 0 and len(view.segment_edges()) == view.segments + 1
+
+
+def test_compact_copy_evaluates_like_the_run_within_half_precision_and_refuses_resume(tmp_path, task_file):
+    wb = Workbench.load("tiny")
+    run = tmp_path / "run"
+    options = TrainOptions(method="coa", steps=2, budgets=(3.0, 4.0), checkpoint_every=1, eval_every=2)
+    train(wb, options, run)
+    copy = compact_run(run, tmp_path / "copy", "float16")
+    tensors, meta = read_safetensors(copy / CHECKPOINT_FILE)
+    assert meta["compact_dtype"] == "float16" and all(t.dtype == torch.float16 for t in tensors.values())
+    assert (copy / CHECKPOINT_FILE).stat().st_size * 4 < (run / CHECKPOINT_FILE).stat().st_size
+    full, _, _ = load_trained(Workbench.load("tiny"), run)
+    half, _, _ = load_trained(Workbench.load("tiny"), copy)
+    for name, p in full.named_parameters().items():
+        assert torch.allclose(half.named_parameters()[name], p, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ValueError, match="compact copy .* not resumed"):
+        train(Workbench.load("tiny"), options, copy, resume=True)
+    with pytest.raises(ValueError, match="already exists"):
+        compact_run(run, copy)
