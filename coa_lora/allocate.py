@@ -6,11 +6,16 @@ Options that are dominated on a matrix (another option has no more bits and no m
 never be needed by an optimum, so each matrix keeps only its Pareto-efficient options; that shrinks 432 columns to a
 few dozen and makes the MILP solve in well under a second on SmolLM2. Feasibility is checked in exact integer
 arithmetic (every bits-per-weight is a multiple of 1/16384), never trusting the solver's float tolerance.
+
+HiGHS's status is read, not assumed: an answer it did not prove optimal (it stopped at ``time_limit`` or
+``node_limit``) is returned with ``exact=False`` and the solver's reason in ``status``, a
+:class:`NotProvenOptimalWarning` is issued, and it is not cached, so asking again (with more time) solves again.
 """
 from __future__ import annotations
 
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -26,13 +31,23 @@ from .space import ALL_OPTIONS, QuantOption
 BITS_DENOMINATOR = 16384  # B0·B1 ≤ 64·256: every bits_per_weight × 16384 is an integer.
 
 
+class NotProvenOptimalWarning(RuntimeWarning):
+    """HiGHS returned a feasible allocation without proving it optimal (it stopped at its time or node limit)."""
+
+
 @dataclass(frozen=True)
 class Allocation:
-    """The allocator's answer for one budget."""
+    """The allocator's answer for one budget.
+
+    ``exact`` is True when HiGHS proved the configuration optimal (least damage within the budget); False when it
+    stopped early with a feasible one, whose reason (and remaining relative gap) ``status`` gives.
+    """
 
     budget: float
     config: ModelConfig
     damage: float
+    exact: bool = True
+    status: str = "optimal"
 
     @property
     def avg_bits(self) -> float:
@@ -82,8 +97,12 @@ class Allocator:
     def budget_range(self) -> tuple[float, float]:
         return self.min_bits, self.max_bits
 
-    def allocate(self, budget: float, time_limit: float = 60.0) -> Allocation:
-        """The configuration of least damage whose average bits do not exceed ``budget``."""
+    def allocate(self, budget: float, time_limit: float = 60.0, node_limit: int | None = None) -> Allocation:
+        """The configuration of least damage whose average bits do not exceed ``budget``.
+
+        ``time_limit`` (seconds) and ``node_limit`` (branch-and-bound nodes; unlike time, reproducible across
+        machines) bound each of HiGHS's solves; stopped early, the answer is feasible but ``exact`` is False.
+        """
         if not (self.min_bits <= budget <= self.max_bits):
             raise ValueError(
                 f"Budget {budget} bits is outside the feasible range [{self.min_bits:.4f}, {self.max_bits:.4f}] "
@@ -91,23 +110,30 @@ class Allocator:
             )
         if budget in self._solved:
             return self._solved[budget]
+        limits = {"time_limit": time_limit, **({} if node_limit is None else {"node_limit": node_limit})}
         total = int(self._numel.sum())
         limit = int(np.floor(budget * BITS_DENOMINATOR * total + 1e-6))  # exact integer capacity
         slack = 0.0
         for _ in range(4):
-            choice = self._solve(limit / (BITS_DENOMINATOR * total) - slack, time_limit)
+            choice, status = self._solve(limit / (BITS_DENOMINATOR * total) - slack, limits)
             used = int((self._numel * self._bits_int[choice]).sum())
             if used <= limit:
                 config = ModelConfig(self.layout, tuple(self.options[k] for k in choice))
                 dmg = float(self._damage[np.arange(len(choice)), choice].sum())
-                self._solved[budget] = Allocation(budget, config, dmg)
-                return self._solved[budget]
+                answer = Allocation(budget, config, dmg, exact=status == "optimal", status=status)
+                if answer.exact:
+                    self._solved[budget] = answer
+                else:
+                    warnings.warn(f"The allocation at {budget} bits is feasible but not proven optimal: {status}.",
+                                  NotProvenOptimalWarning, stacklevel=2)
+                return answer
             # The solver met the constraint only within its tolerance: tighten by the overshoot and solve again.
             slack += (used - limit) / (BITS_DENOMINATOR * total) + 1e-9
         raise RuntimeError(f"HiGHS kept exceeding the budget {budget}; this should not happen, please report it.")
 
-    def _solve(self, capacity: float, time_limit: float) -> np.ndarray:
-        """Option index per matrix minimising damage with Σ weight·bits ≤ capacity (in average bits).
+    def _solve(self, capacity: float, limits: dict) -> tuple[np.ndarray, str]:
+        """Option index per matrix minimising damage with Σ weight·bits ≤ capacity (in average bits), and HiGHS's
+        status of the final MILP (``"optimal"`` when proven).
 
         Exact, in three steps that keep HiGHS's problems small:
         1. LP relaxation: lower bound LB and duals (u_i per matrix, λ ≤ 0 for the budget). Every feasible x has
@@ -133,13 +159,17 @@ class Allocator:
         if lp.status == 0:
             reduced = cost - lp.eqlin.marginals[rows] - lp.ineqlin.marginals[0] * weight
             core = _core_columns(rows, reduced, weight, m)
-            core_choice = _milp(rows[core], cost[core], weight[core], capacity, m, time_limit)
-            upper = float(cost[core][core_choice].sum())
-            keep = reduced <= (upper - lp.fun) + 1e-7 * max(1.0, abs(upper))
-        picked = _milp(rows[keep], cost[keep], weight[keep], capacity, m, time_limit)
+            # Any feasible core solution bounds the optimum from above, proven optimal or not; none: no fixing.
+            core_choice, _ = _milp(rows[core], cost[core], weight[core], capacity, m, limits)
+            if core_choice is not None:
+                upper = float(cost[core][core_choice].sum())
+                keep = reduced <= (upper - lp.fun) + 1e-7 * max(1.0, abs(upper))
+        picked, status = _milp(rows[keep], cost[keep], weight[keep], capacity, m, limits)
+        if picked is None:
+            raise RuntimeError(f"HiGHS found no allocation ({status}); give it more time or nodes ({limits}).")
         choice = np.empty(m, dtype=np.int64)
         choice[rows[keep][picked]] = cols[keep][picked]
-        return choice
+        return choice, status
 
 
 def _lp(rows, cost, weight, capacity, m):
@@ -164,8 +194,9 @@ def _native_stdout_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
-def _milp(rows, cost, weight, capacity, m, time_limit) -> np.ndarray:
-    """Indices of the chosen columns (one per matrix) of the MILP over the given columns."""
+def _milp(rows, cost, weight, capacity, m, limits: dict) -> tuple[np.ndarray | None, str]:
+    """Indices of the chosen columns (one per matrix) of the MILP over the given columns (None: HiGHS found no
+    feasible point within ``limits``), and ``"optimal"`` or HiGHS's reason for stopping without proving it."""
     one_each = sp.csr_array((np.ones(rows.size), (rows, np.arange(rows.size))), shape=(m, rows.size))
     with _native_stdout_silenced():
         res = milp(
@@ -173,11 +204,15 @@ def _milp(rows, cost, weight, capacity, m, time_limit) -> np.ndarray:
             integrality=np.ones(rows.size),
             bounds=Bounds(0, 1),
             constraints=[LinearConstraint(one_each, 1, 1), LinearConstraint(weight[None, :], -np.inf, capacity)],
-            options={"mip_rel_gap": 0.0, "time_limit": time_limit},
+            options={"mip_rel_gap": 0.0, **limits},
         )
     if res.x is None:
-        raise RuntimeError(f"HiGHS found no allocation ({res.message}).")
-    return np.flatnonzero(res.x > 0.5)
+        return None, res.message
+    if res.status == 0:
+        return np.flatnonzero(res.x > 0.5), "optimal"
+    gap = getattr(res, "mip_gap", None)
+    gap_text = f"; relative gap {gap:.3g}" if gap is not None and np.isfinite(gap) else ""
+    return np.flatnonzero(res.x > 0.5), f"{res.message} ({limits}{gap_text})"
 
 
 def _core_columns(rows, reduced, weight, m: int, per_matrix: int = 4) -> np.ndarray:
