@@ -52,6 +52,28 @@ def test_fisher_is_nonnegative_and_restores_flags():
     assert not torch.allclose(weighted / weighted.sum(), matrix_damage(w) / matrix_damage(w).sum())
 
 
+def test_fisher_equals_a_plain_per_sequence_gradient_loop():
+    model = load_model("tiny")
+    layout = layout_of(model, "tiny")
+    ids = torch.randint(0, 49152, (3, 16), generator=torch.Generator().manual_seed(0))
+    name = layout.names[5]  # a gate_proj: 160 x 96
+    fisher = fisher_diagonal(model, layout.names, ids)[name].double()
+    # The textbook estimate: per sequence, backward of its own loss, square the weight's gradient; then average.
+    weight = model.get_submodule(name).weight
+    weight.requires_grad_(True)
+    grads = []
+    for seq in ids:
+        weight.grad = None
+        model(input_ids=seq[None], labels=seq[None]).loss.backward()
+        grads.append(weight.grad.double())
+    weight.requires_grad_(False)
+    grads = torch.stack(grads)
+    want = (grads ** 2).mean(0)
+    torch.testing.assert_close(fisher, want, rtol=1e-4, atol=1e-6 * float(want.max()))
+    # Not the square of the mean gradient (what one batched backward would estimate): that is smaller.
+    assert float(grads.mean(0).pow(2).sum()) < 0.9 * float(fisher.sum())
+
+
 def test_a_cached_table_never_computes_its_importance(tmp_path):
     model = load_model("tiny")
     layout = layout_of(model, "tiny")
