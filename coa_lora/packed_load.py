@@ -103,7 +103,10 @@ def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", d
     layout = layout_of(skeleton, manifest["model_id"])
     config = ModelConfig.from_json((folder / QUANT_CONFIG).read_text(), layout)
     state, _ = read_safetensors(folder / UNQUANTIZED)
-    state.update(_dequantized_targets(folder, config, dtype))
+    # One decode per matrix in a fresh process: compiling the decode kernels (seconds per bit width and block size)
+    # costs far more than it saves here, so they run eagerly, with identical values (tests/test_kernels.py).
+    with torch.compiler.set_stance("force_eager"):
+        state.update(_dequantized_targets(folder, config, dtype))
     expected = {n for n, _ in _unique_state(skeleton)}
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
