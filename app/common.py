@@ -81,14 +81,16 @@ def sidebar() -> None:
     paths = [str(p) for p in runs]
     labels = {str(p): _label(p) for p in runs}
     typed = st.sidebar.text_input("Open a run folder", key="run_folder", placeholder="runs/my_run",
-                                  help="Any folder written by `python -m coa_lora train --out`.")
+                                  help="Any folder written by `python -m coa_lora train --out`.",
+                                  on_change=lambda: st.session_state.update(run_choice=st.session_state["run_folder"]))
     options = paths + ([typed] if typed and typed not in paths else [])
     if not options:
         st.session_state["run"] = None
         st.sidebar.info("No run yet: start one on the Train page.")
         return
-    default = options.index(typed) if typed else 0
-    st.session_state["run"] = st.sidebar.selectbox("Run", options, index=default, key="run_choice",
+    if st.session_state.get("run_choice") not in options:
+        st.session_state["run_choice"] = options[0]
+    st.session_state["run"] = st.sidebar.selectbox("Run", options, key="run_choice",
                                                    format_func=lambda p: labels.get(p, p))
     shared = [p for p in paths if _method(p) == "shared"]
     st.session_state["compare"] = st.sidebar.selectbox(

@@ -27,7 +27,7 @@ from .evaluator import Evaluator, Result, default_cache_dir
 from .loglik import StopFn
 from .progress import ProgressFn
 from .run_view import RunView, open_run
-from .space import ALL_OPTIONS, QuantOption
+from .space import ALL_OPTIONS
 from .workbench import DEFAULT_WEIGHTING, Workbench
 
 
@@ -93,11 +93,13 @@ class Explorer:
         return self.wb.damage_table(self.weighting).damage(config.option_indices())
 
     def uniform_counterpart(self, config: ModelConfig) -> ModelConfig:
-        """The uniform configuration (one option everywhere) whose size is nearest ``config``'s, not larger."""
-        fitting = [o for o in ALL_OPTIONS if o.bits_per_weight <= config.avg_bits + 1e-12] or [ALL_OPTIONS[0]]
-        best: QuantOption = max(fitting, key=lambda o: (o.bits_per_weight, -self.damage(
-            ModelConfig.uniform(self.layout, o))))
-        return ModelConfig.uniform(self.layout, best)
+        """The uniform configuration (one option everywhere) of the most bits not above ``config``'s average (ties:
+        the least damage), i.e. what a user without an allocator would deploy in the same memory."""
+        uniform_damage = self.wb.damage_table(self.weighting).values.sum(0)  # (432,): option k on every matrix
+        fitting = [k for k, o in enumerate(ALL_OPTIONS) if o.bits_per_weight <= config.avg_bits + 1e-12]
+        best = max(fitting or [min(range(len(ALL_OPTIONS)), key=lambda k: ALL_OPTIONS[k].bits_per_weight)],
+                   key=lambda k: (ALL_OPTIONS[k].bits_per_weight, -float(uniform_damage[k])))
+        return ModelConfig.uniform(self.layout, ALL_OPTIONS[best])
 
     # ----- runs ---------------------------------------------------------------------------------------------------
     def open_run(self, folder: str | Path) -> RunView:
