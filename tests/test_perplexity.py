@@ -65,8 +65,9 @@ def test_random_model_is_about_as_perplexed_as_the_vocabulary(model):
     result = heldout_perplexity(model, tok, PerplexityOptions(length=32, stride=32), limit=2)
     assert result.n_windows == 6 and result.n_tokens == 6 * 31
     assert result.loss == pytest.approx(math.log(result.perplexity))
-    # A freshly initialised model predicts almost uniformly over 49,152 tokens.
-    assert 0.5 * 49152 < result.perplexity < 2 * 49152
+    # A freshly initialised model predicts almost uniformly over 49,152 tokens: recorded 46,090.9 by this very call
+    # (torch 2.13, CPU, float32; the same with 1 and 2 threads).
+    assert result.perplexity == pytest.approx(46090.9, rel=0.02)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -99,5 +100,8 @@ def test_smollm2_perplexity_rises_as_bits_fall():
         else:
             wb.qmodel.apply_(ModelConfig.uniform(wb.layout, preset(name)))
         ppl[name] = heldout_perplexity(wb.model, wb.tokenizer, opts, limit=1).perplexity
-    assert 10 < ppl["fp"] < 100
-    assert ppl["fp"] < ppl["nf4"] < ppl["nf2"] and ppl["nf2"] > 10 * ppl["fp"]
+    # Recorded by these very calls (torch 2.13, CPU, float32; the same with 1 and 2 threads) on the 765 tokens of
+    # the three held-out plays' first 256-token windows: 24.568 unquantized reference, 30.847 NF4, 3.47e9 NF2.
+    assert ppl["fp"] == pytest.approx(24.568, rel=0.02)
+    assert ppl["nf4"] == pytest.approx(30.847, rel=0.02)
+    assert math.log(ppl["nf2"]) == pytest.approx(math.log(3.47e9), rel=0.02)  # collapsed: compare the loss
