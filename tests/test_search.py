@@ -102,11 +102,18 @@ def test_encodings_compared_by_held_out_quality(problem):
 
 def test_search_beats_random_with_same_evaluations(problem):
     layout, evaluate, initial = problem
+    # Random proposals as training makes them: the workbench's allocator (Fisher-weighted by default) at budgets drawn
+    # uniformly over the bit range, so the baseline proposes the allocations training would use, not random options.
+    wb = Workbench.load("tiny")
+
+    def allocate(budget):
+        return wb.allocate(budget).config
+
     hv = {}
     for mode in ("search", "random", "frozen"):
         state = SearchState.start(layout, initial, evaluate, FAST)
         for _ in range(3):
-            search_round(state, evaluate, mode)
+            search_round(state, evaluate, mode, allocate=allocate)
         hv[mode] = [r["hv_pool"] for r in state.rounds]
         if mode == "search":
             searched = state
