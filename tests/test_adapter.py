@@ -159,3 +159,31 @@ def test_workbench_fisher_under_an_adapter_and_a_configuration_is_the_bare_base_
     expected = fisher_diagonal(bare, list(got), batches)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name])
+
+
+@pytest.mark.smollm2
+def test_peft_export_on_smollm2_gives_our_logits_on_a_separately_quantized_copy(tmp_path):
+    from peft import PeftModel
+
+    from coa_lora import Workbench
+
+    wb = Workbench.load("smollm2")
+    coa = CoALoRAModel(wb.qmodel, AdapterOptions()).train(False)
+    perturb_(coa)
+    config = random_config(wb.layout, 5)  # a mixed configuration over all 432 options
+    coa.set_config(config)
+    ids = wb.tokenizer("Now is the winter of our discontent made glorious summer", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = coa.model(input_ids=ids).logits
+        with coa.adapters_disabled():
+            bare = coa.model(input_ids=ids).logits
+    folder = export_peft(coa, tmp_path / "adapter")
+    # Another process's view: a fresh copy, quantized from the exported quant_config.json, plus peft's own loader.
+    copy = Workbench.load("smollm2")
+    copy.qmodel.apply_(ModelConfig.from_json((folder / "quant_config.json").read_text(), copy.layout))
+    peft_model = PeftModel.from_pretrained(copy.model, str(folder)).eval()
+    with torch.no_grad():
+        got = peft_model(input_ids=ids).logits
+    print({"peft_vs_ours": float((got - expected).abs().max()), "bare_vs_ours": float((bare - expected).abs().max())})
+    assert (got - expected).abs().max() < 1e-3
+    assert (bare - expected).abs().max() > 1.0  # the adapter matters, so agreement is not agreement of two bases
