@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from .allocate import Allocation, Allocator
+from .allocate import Allocation, Allocator, NotProvenOptimalWarning
 from .config import ModelConfig
 from .progress import ProgressFn, report
 from .storage import read_safetensors, write_safetensors
 
-GRID_VERSION = "1"
+GRID_VERSION = "2"
 GRID_STEP = 0.05  # bits between grid budgets: the app's slider step
 
 
@@ -38,22 +39,27 @@ class AllocationGrid:
         options: ``(n, N)`` int64 option indices (into ALL_OPTIONS) of each budget's optimal configuration.
         damage: ``(n,)`` float64 damage of each.
         avg_bits: ``(n,)`` float64 average bits of each (≤ its budget).
+        gap: ``(n,)`` float64 proven relative damage gap of each answer: 0 where HiGHS proved it optimal, else the
+            bound :class:`~coa_lora.Allocator` reports (a few budgets where its feasibility tolerance bites).
     """
 
     budgets: torch.Tensor
     options: torch.Tensor
     damage: torch.Tensor
     avg_bits: torch.Tensor
+    gap: torch.Tensor
 
     def covering(self, budget: float) -> Optional[int]:
-        """Index of a grid answer that is provably optimal at ``budget`` (see the module docstring), or None.
+        """Index of the grid answer for ``budget``, or None.
 
-        Among the grid points g ≥ budget whose answer fits within ``budget``, the one of least damage."""
-        ok = (self.budgets >= budget - 1e-12) & (self.avg_bits <= budget + 1e-12)
-        if not bool(ok.any()):
-            return None
-        idx = torch.nonzero(ok).flatten()
-        return int(idx[self.damage[idx].argmin()])
+        Among the proven-optimal answers at grid points g ≥ budget that fit within ``budget`` (optimal there too, see
+        the module docstring), the one of least damage; failing that, a not-proven answer at exactly ``budget``."""
+        ok = (self.budgets >= budget - 1e-12) & (self.avg_bits <= budget + 1e-12) & (self.gap == 0)
+        if bool(ok.any()):
+            idx = torch.nonzero(ok).flatten()
+            return int(idx[self.damage[idx].argmin()])
+        same = torch.nonzero((self.budgets - budget).abs() < 1e-9).flatten()
+        return int(same[0]) if len(same) else None
 
 
 def grid_budgets(low: float, high: float, step: float = GRID_STEP) -> list[float]:
@@ -65,20 +71,29 @@ def grid_budgets(low: float, high: float, step: float = GRID_STEP) -> list[float
 def solve_grid(allocator: Allocator, step: float = GRID_STEP, progress: Optional[ProgressFn] = None) -> AllocationGrid:
     """Solve every grid budget inside the allocator's feasible range (one exact MILP each)."""
     budgets = grid_budgets(*allocator.budget_range, step)
-    answers = []
-    for i, b in enumerate(budgets):
-        answer = allocator.allocate(b)
-        if not getattr(answer, "exact", True):
-            raise RuntimeError(f"The allocation at {b:.2f} bits was not proven optimal ({answer.status}); a grid "
-                               f"only holds exact answers: raise the allocator's time limit.")
-        answers.append(answer)
-        report(progress, i + 1, len(budgets), f"allocating {b:.2f} bits")
+    answers, gaps = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotProvenOptimalWarning)  # recorded per budget in ``gap`` instead
+        for i, b in enumerate(budgets):
+            answer = allocator.allocate(b)
+            answers.append(answer)
+            gaps.append(0.0 if answer.exact else _gap(answer.status))
+            report(progress, i + 1, len(budgets), f"allocating {b:.2f} bits")
     return AllocationGrid(
         torch.tensor(budgets, dtype=torch.float64),
         torch.stack([a.config.option_indices() for a in answers]),
         torch.tensor([a.damage for a in answers], dtype=torch.float64),
         torch.tensor([a.avg_bits for a in answers], dtype=torch.float64),
+        torch.tensor(gaps, dtype=torch.float64),
     )
+
+
+def _gap(status: str) -> float:
+    """The relative gap an Allocator status states (``... gap of 1.9e-06 ...``); 1.0 when it states none."""
+    import re
+
+    found = re.search(r"gap (?:of )?([0-9.]+e?-?[0-9]*)", status)
+    return float(found.group(1)) if found else 1.0
 
 
 def shipped_dir() -> Path:
@@ -112,7 +127,7 @@ def load_grid(table_key: str, cache: Path, n_targets: int, step: float = GRID_ST
     try:
         t, meta = read_safetensors(path)
         if meta.get("version") == GRID_VERSION and t["options"].shape[1] == n_targets:
-            return AllocationGrid(t["budgets"], t["options"].long(), t["damage"], t["avg_bits"])
+            return AllocationGrid(t["budgets"], t["options"].long(), t["damage"], t["avg_bits"], t["gap"])
     except (ValueError, KeyError):
         pass
     return None
@@ -125,12 +140,15 @@ def load_or_solve_grid(allocator: Allocator, table_key: str, cache: Path, step: 
     grid = load_grid(table_key, cache, len(allocator.layout), step)
     if grid is not None:
         return grid
-    path = grid_path(cache, table_key, step)  # a damaged entry is solved again and replaced, never trusted
-    grid = solve_grid(allocator, step, progress)
-    write_safetensors(path, {"budgets": grid.budgets, "options": grid.options.to(torch.int16),
-                             "damage": grid.damage, "avg_bits": grid.avg_bits},
-                      {"version": GRID_VERSION, "table": table_key, "step": f"{step:g}"})
+    grid = solve_grid(allocator, step, progress)  # a damaged entry is solved again and replaced, never trusted
+    write_grid(grid_path(cache, table_key, step), grid, table_key, step)
     return grid
+
+
+def write_grid(path: Path, grid: AllocationGrid, table_key: str, step: float) -> None:
+    write_safetensors(path, {"budgets": grid.budgets, "options": grid.options.to(torch.int16),
+                             "damage": grid.damage, "avg_bits": grid.avg_bits, "gap": grid.gap},
+                      {"version": GRID_VERSION, "table": table_key, "step": f"{step:g}"})
 
 
 class GridAllocator:
@@ -156,7 +174,9 @@ class GridAllocator:
             i = self.grid.covering(budget)
             if i is not None:
                 config = ModelConfig.from_option_indices(self.allocator.layout, self.grid.options[i])
-                return Allocation(budget, config, float(self.grid.damage[i]))
+                gap = float(self.grid.gap[i])
+                status = "optimal" if gap == 0 else f"feasible within a relative damage gap of {gap:.1e}"
+                return Allocation(budget, config, float(self.grid.damage[i]), exact=gap == 0, status=status)
         covering = [a for a in self._live if a.budget >= budget and a.avg_bits <= budget + 1e-12
                     and getattr(a, "exact", True)]
         if covering:
