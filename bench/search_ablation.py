@@ -28,6 +28,7 @@ def summarise(run: Path) -> dict:
     step = float(metrics["seconds"].median())
     searched = rounds[rounds["mode"].isin(["search", "random", "frozen"])]
     core = searched["seconds_fit"] + searched["seconds_acquisition"] + searched["seconds_evaluate"]
+    with_refresh = core + searched.get("seconds_refresh", 0)  # the pool re-measured with the round's adapter
     probe = metrics.dropna(subset=["probe_loss"]).iloc[-1]
     return {
         "run": str(run), "mode": info.hyper["search"], "plane": info.search_plane,
@@ -36,8 +37,9 @@ def summarise(run: Path) -> dict:
         "final_probe": {k: round(float(v), 4) for k, v in probe.items() if str(k).startswith("probe_loss")},
         "seconds_step_median": step,
         "seconds_round_core": core.round(2).tolist(),
-        "seconds_round_with_refresh": (core + searched.get("seconds_refresh", 0)).round(2).tolist(),
+        "seconds_round_with_refresh": with_refresh.round(2).tolist(),
         "round_core_in_steps": (core / step).round(2).tolist(),
+        "round_with_refresh_in_steps": (with_refresh / step).round(2).tolist(),
     }
 
 
@@ -55,7 +57,7 @@ def main() -> None:
         print(f"{'':>7s}  final probe losses {r['final_probe']}")
         print(f"{'':>7s}  round (fit + acquisition + q evaluations) {r['seconds_round_core']} s = "
               f"{r['round_core_in_steps']} steps of {r['seconds_step_median']:.1f} s; with the pool "
-              f"re-measurement {r['seconds_round_with_refresh']} s")
+              f"re-measurement {r['seconds_round_with_refresh']} s = {r['round_with_refresh_in_steps']} steps")
     if args.html:
         import plotly.graph_objects as go
 
