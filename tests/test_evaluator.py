@@ -42,6 +42,15 @@ def logprobs(result):
     return [lp for item in result.items for lp in item.logprobs]
 
 
+def perturb_(coa, seed=0):
+    """Non-zero B and U_θ's last layer, so that the adapter changes every answer."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for w in coa.wrappers.values():
+            w.lora_B.weight.normal_(std=0.2, generator=g)
+        coa.network.out.weight.normal_(std=0.2, generator=g)
+
+
 def test_results_are_cached_in_memory_and_on_disk_by_configuration_and_limit(task_file, tmp_path):
     wb = Workbench.load("tiny")
     config = ModelConfig.uniform(wb.layout, preset("nf2"))
@@ -71,26 +80,13 @@ def test_an_adapter_is_evaluated_under_its_configuration_and_cached_apart(task_f
     bare = ev.run(task_file, config)
     coa = CoALoRAModel(wb.qmodel, AdapterOptions())
     assert logprobs(ev.run(task_file, config, adapter=coa)) == pytest.approx(logprobs(bare), abs=1e-5)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for w in coa.wrappers.values():
-            w.lora_B.weight.normal_(std=0.2, generator=g)
-        coa.network.out.weight.normal_(std=0.2, generator=g)
+    perturb_(coa)
     key = coa.fingerprint()
     adapted = ev.run(task_file, config, adapter=coa)
     assert logprobs(adapted) != pytest.approx(logprobs(bare), abs=1e-3)
     assert ev.cached(task_file, config, adapter_key=key) == adapted and ev.cached(task_file, config) == bare
     with pytest.raises(ValueError, match="depends on the configuration"):
         ev.run(task_file, None, adapter=coa)
-
-
-def perturb_(coa, seed=0):
-    """Non-zero B and U_θ's last layer, so that the adapter changes every answer."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for w in coa.wrappers.values():
-            w.lora_B.weight.normal_(std=0.2, generator=g)
-        coa.network.out.weight.normal_(std=0.2, generator=g)
 
 
 @pytest.mark.parametrize("uniform", [None, "nf3"])
