@@ -45,11 +45,10 @@ def init_from_environment(device: str = "cpu") -> str:
     if not launched() or dist.is_initialized():
         return device
     backend = "gloo"
-    if device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    elif device.startswith("cuda"):
+    if device.startswith("cuda"):
+        if device == "cuda":  # one GPU per process of this machine
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(device)  # nccl's collectives and current() use the current device
         backend = "nccl"
     dist.init_process_group(backend, timeout=TIMEOUT)
     return device
