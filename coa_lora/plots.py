@@ -24,9 +24,10 @@ REFERENCE_PRESETS = ("nf2", "nf3", "nf4")
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, height: int = 460) -> go.Figure:
+    # The legend sits under the plot: above it, it collides with the title and with annotations of vertical lines.
     fig.update_layout(title=dict(text=title, x=0.01), xaxis_title=x, yaxis_title=y, font=FONT, height=height,
-                      template="plotly_white", margin=dict(l=60, r=20, t=60, b=50),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0))
+                      template="plotly_white", margin=dict(l=60, r=20, t=70, b=50),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0.0))
     return fig
 
 
@@ -108,8 +109,8 @@ def hypervolume_figure(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
                                  line=dict(color=color, width=1.2, dash="dot"), text=text,
                                  hovertemplate="round %{x} (%{text})<br>pool hypervolume %{y:.4f}<extra></extra>"))
     fig.update_xaxes(dtick=1)
-    return _layout(fig, "Hypervolume per round (the run's fixed normalised plane; higher is better)", "round",
-                   "hypervolume", height=380)
+    return _layout(fig, "Hypervolume per round (higher is better)", "round", "hypervolume in the run's plane",
+                   height=420)
 
 
 # ----- configurations ------------------------------------------------------------------------------------------------

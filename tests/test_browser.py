@@ -30,8 +30,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server():
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("COA_LORA_MODEL", None)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # COA_LORA_MODEL / COA_LORA_REFERENCE pass through (default: SmolLM2)
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
@@ -73,7 +72,7 @@ def test_the_app_in_chromium_shows_charts_moves_the_budget_slider_and_has_no_err
         bits = page.locator('[data-testid="stMetricValue"]').first
         before = bits.inner_text()
         page.screenshot(path=str(SHOTS / "2_instantiate.png"), full_page=True)
-        thumb = page.locator('[data-testid="stSlider"] [role="slider"]').first
+        thumb = page.locator('[data-testid="stSlider"] input[type="range"]').first
         thumb.focus()
         for _ in range(10):  # +0.5 bits
             page.keyboard.press("ArrowRight")
