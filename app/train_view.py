@@ -20,20 +20,21 @@ def render() -> None:
                "(`--resume`). Its fronts appear on the Search page as rounds finish (open it in the sidebar).")
     with st.form("train"):
         c1, c2, c3 = st.columns(3)
-        name = c1.text_input("Run name", value="my_run", help="A new folder under runs/")
-        method = c2.selectbox("Method", ["coa", "shared"], help="coa: CoA-LoRA (adapter + U_θ); shared: Shared-LoRA")
-        search = c3.selectbox("Search", ["search", "frozen", "random", "off"],
+        name = c1.text_input("Run name", value="my_run", key="train_name", help="A new folder under runs/")
+        method = c2.selectbox("Method", ["coa", "shared"], key="train_method",
+                              help="coa: CoA-LoRA (adapter + U_θ); shared: Shared-LoRA")
+        search = c3.selectbox("Search", ["search", "frozen", "random", "off"], key="train_search",
                               help="search: qLogEHVI proposals between epochs; frozen / random: its ablations")
         c1, c2, c3 = st.columns(3)
         low, high = c1.slider("Initial budgets (bits)", 2.1, 8.6, (DEFAULT_LOW_BITS, DEFAULT_HIGH_BITS), 0.05)
-        n_budgets = c2.number_input("Number of initial budgets", 2, 50, 10)
+        n_budgets = c2.number_input("Number of initial budgets", 2, 50, 10, key="train_n_budgets")
         rank = c3.number_input("LoRA rank r", 1, 64, 8)
         c1, c2, c3, c4 = st.columns(4)
-        steps = c1.number_input("Steps", 2, 10_000, 60, help="~11 s a step on SmolLM2 with 2 CPU cores")
+        steps = c1.number_input("Steps", 2, 10_000, 60, key="train_steps", help="~11 s a step on SmolLM2 with 2 CPU cores")
         rounds = c2.number_input("Rounds R", 1, 20, 3)
         segments = c3.number_input("Segments U", 1, 200, 40)
         seed = c4.number_input("Seed", 0, 10_000, 0)
-        submitted = st.form_submit_button("Start training", type="primary")
+        submitted = st.form_submit_button("Start training", type="primary", key="train_start")
     if submitted:
         _start(name, method, search, even_budgets(low, high, int(n_budgets)), int(rank), int(steps), int(rounds),
                int(segments), int(seed))

@@ -137,3 +137,41 @@ def test_bad_run_folders_get_one_clear_message(tmp_path, kind, expected):
     at.sidebar.text_input(key="run_folder").input(str(folder)).run()
     assert not at.exception
     assert expected in messages(at), messages(at)
+
+
+def test_about_view_renders_the_method_diagram():
+    at = app()
+    at.switch_page("about_view.py").run()
+    assert not at.exception
+    assert any("CoA-LoRA" in h.value for h in at.header)
+
+
+def test_train_view_starts_a_real_run_in_the_background_and_cancels_it(tmp_path):
+    at = app()
+    at.switch_page("train_view.py").run()
+    at.text_input(key="train_name").set_value("bad name!")
+    at.button(key="train_start").click().run()
+    assert "is not allowed" in messages(at)
+    at.text_input(key="train_name").set_value("tiny_bg")
+    at.selectbox(key="train_search").set_value("off")
+    at.number_input(key="train_n_budgets").set_value(2)
+    at.number_input(key="train_steps").set_value(400)  # long enough to cancel mid-run
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    from common import train_jobs  # the app's registry: shared by every session of this process
+
+    job = next(j for f, j in train_jobs().items() if f.endswith("tiny_bg"))
+    deadline = time.time() + 240
+    while time.time() < deadline and job.status()["steps_done"] < 1:
+        time.sleep(1)
+    assert job.status()["steps_done"] >= 1
+    job.cancel()
+    job.process.wait(timeout=120)
+    status = job.status()
+    assert not status["running"] and status["returncode"] != 0
+    from coa_lora.run_view import open_run
+
+    view = open_run(job.out)  # the folder is a readable run, resumable with --resume
+    assert view.has_checkpoint or view.steps_done < view.info.hyper["checkpoint_every"]
+    at.run()
+    assert any("--resume" in c.value for c in at.code)
