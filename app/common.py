@@ -107,21 +107,21 @@ def _method(path: str) -> Optional[str]:
 
 def current_run() -> Optional[RunView]:
     """The chosen run, or None (with the reason shown) when there is none or it cannot be read."""
-    folder = st.session_state.get("run")
+    return _chosen("run", show_error=True)
+
+
+def compare_run() -> Optional[RunView]:
+    """The Shared-LoRA run to compare with, or None."""
+    return _chosen("compare", show_error=False)
+
+
+def _chosen(key: str, show_error: bool) -> Optional[RunView]:
+    folder = st.session_state.get(key)
     if not folder:
         return None
     try:
         return run_view(folder)
     except ValueError as exc:
-        st.error(str(exc))
-        return None
-
-
-def compare_run() -> Optional[RunView]:
-    folder = st.session_state.get("compare")
-    if not folder:
-        return None
-    try:
-        return run_view(folder)
-    except ValueError:
+        if show_error:
+            st.error(str(exc))
         return None
