@@ -16,10 +16,9 @@ def render() -> None:
         st.info("Choose or open a run in the sidebar.")
         return
     if not view.has_search:
-        st.info(f"{view.label} trained on a fixed configuration set (no search), so it has no fronts to show. "
-                f"Its training loss:")
-        if not view.metrics.empty:
-            st.line_chart(view.metrics.set_index("step")[["loss"]])
+        st.info(f"{view.label} trained on a fixed configuration set (no search), so it has no fronts to show; "
+                f"its training curve is below. Runs with search show their fronts here.")
+        st.plotly_chart(plots.training_figure(view.metrics, view.label), key="training")
         return
     st.caption("Each point is a configuration whose probe loss was measured with the adapter of that round. "
                "Large outlined points are the training set: the non-dominated configurations of each bit segment "

@@ -113,6 +113,21 @@ def hypervolume_figure(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
                    height=420)
 
 
+def training_figure(metrics: pd.DataFrame, label: str = "") -> go.Figure:
+    """Training loss per step and, where logged, the held-out probe loss under each probe configuration.
+
+    ``metrics``: a run's metrics frame (``step, loss`` and ``probe_loss@<bits>`` columns)."""
+    fig = go.Figure()
+    if not metrics.empty:
+        fig.add_trace(go.Scatter(x=metrics["step"], y=metrics["loss"], mode="lines", name="training loss",
+                                 line=dict(color="#999", width=1.5)))
+        for col in sorted(c for c in metrics.columns if c.startswith("probe_loss@")):
+            rows = metrics.dropna(subset=[col])
+            fig.add_trace(go.Scatter(x=rows["step"], y=rows[col], mode="lines+markers",
+                                     name=f"probe loss at {col.split('@')[1]} bits"))
+    return _layout(fig, f"Training{' — ' + label if label else ''}", "step", "loss (nats/token)", height=420)
+
+
 # ----- configurations ------------------------------------------------------------------------------------------------
 def configuration_frame(config: ModelConfig) -> pd.DataFrame:
     """One row per target matrix: ``target, layer, kind, numel, bits_per_weight`` and the five option fields."""

@@ -73,3 +73,11 @@ def test_heat_maps_place_each_matrix_in_its_block_and_module():
     diff = plots.bits_difference_heatmap(config, other, "nf2").data[0].z
     assert all(abs(v - (preset("nf4").bits_per_weight - preset("nf2").bits_per_weight)) < 1e-12
                for row in diff for v in row)
+
+
+def test_training_figure_draws_the_loss_and_each_probe_configuration():
+    view = open_run(TINY_RUN)
+    fig = plots.training_figure(view.metrics, view.label)
+    probes = [c for c in view.metrics.columns if c.startswith("probe_loss@")]
+    assert len(fig.data) == 1 + len(probes) and fig.data[0].name == "training loss"
+    assert list(fig.data[0].y) == view.metrics["loss"].tolist()
