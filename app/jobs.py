@@ -134,7 +134,8 @@ class TrainJob:
         return parts[-1] if parts else ""
 
     def cancel(self) -> None:
-        """SIGINT to the run's process group: the run stops between writes (every file is written atomically), and
-        ``train --resume`` continues it from its last checkpoint."""
+        """SIGTERM to the run's process group. Every file of a run is written atomically (and a partial metrics line
+        is dropped on read), so a run stopped at any instant is consistent, and ``train --resume`` continues it from
+        its last checkpoint. (Not SIGINT: a process started from a background shell ignores it.)"""
         if self.running:
-            os.killpg(self.process.pid, signal.SIGINT)
+            os.killpg(self.process.pid, signal.SIGTERM)

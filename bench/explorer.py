@@ -139,6 +139,10 @@ def browser_measures(cache_warm: Path) -> dict:
                     time.sleep(0.25)
                 out["eval_seconds"] = time.time() - t1
                 out["peak_rss_gib"] = peak / 2**30
+                page.wait_for_timeout(1500)
+                shots = Path(os.environ.get("COA_LORA_ARTIFACTS", ROOT / "artifacts")) / "screenshots"
+                shots.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shots / "5_evaluate.png"), full_page=True)
             page.close()
             proc.terminate()
             proc.wait(timeout=30)

@@ -19,6 +19,9 @@ from .space import PRESETS
 
 FONT = dict(family="Inter, Helvetica, Arial, sans-serif", size=13)
 SOURCE_SYMBOLS = {"initial": "circle", "search": "diamond", "random": "square"}
+# Viridis with its stops moved to 2, 3, 4, 5 and 8.7 bits: a fixed scale (comparable across budgets) that still tells
+# the 2-, 3- and 4-bit matrices apart, where almost every configuration worth looking at lives.
+BITS_COLORS = [[0.0, "#440154"], [1 / 6.7, "#3b528b"], [2 / 6.7, "#21918c"], [3 / 6.7, "#5ec962"], [1.0, "#fde725"]]
 # Presets drawn as reference lines in the (bits, loss) plane: the familiar uniform NF codes.
 REFERENCE_PRESETS = ("nf2", "nf3", "nf4")
 
@@ -150,7 +153,7 @@ def bits_heatmap(config: ModelConfig, title: str = "Bits per weight of each matr
                    zip(f["bits"], f["block_size"], f["scale_bits"], f["scale_dtype"], f["scale_block_size"])]
     z, text = _grid(f, "bits_per_weight"), _grid(f, "option")
     fig = go.Figure(go.Heatmap(z=z.to_numpy(), x=list(z.columns), y=list(z.index), text=text.to_numpy(),
-                               colorscale="Viridis", zmin=2, zmax=8.7, colorbar=dict(title="bits", thickness=12),
+                               colorscale=BITS_COLORS, zmin=2, zmax=8.7, colorbar=dict(title="bits", thickness=12),
                                hovertemplate="block %{y}, %{x}<br>%{z:.3f} bits/weight<br>%{text}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", dtick=2)
     return _layout(fig, title, "module", "block", height=520)
@@ -218,8 +221,8 @@ def flipped_items(a: TaskResult, b: TaskResult, name_a: str = "A", name_b: str =
 def method_diagram() -> str:
     """Graphviz DOT of CoA-LoRA: what U_θ sees, the adapter equation, and what the search optimises."""
     return """digraph coa {
-  rankdir=LR; node [shape=box, style="rounded,filled", fillcolor="#f3f6fb", fontname="Helvetica", fontsize=11];
-  edge [fontname="Helvetica", fontsize=10, color="#555"];
+  rankdir=LR; node [shape=box, style="rounded,filled", fillcolor="#f3f6fb", fontname="Helvetica", fontsize=15];
+  edge [fontname="Helvetica", fontsize=13, color="#555"];
   subgraph cluster_cfg { label="quantization configuration C (one option per matrix)"; style=dashed; color="#999";
     opt [label="option of matrix i\\n(b, b0, s, B0, B1)"]; where [label="block index\\nmodule kind (q, k, v, o, ...)"]; }
   u [label="U_θ: embeddings → LayerNorm →\\nLinear → SiLU → Linear\\n(one small network for all matrices)", fillcolor="#fff4e0"];
