@@ -108,11 +108,12 @@ class Explorer:
 
     def searched_configuration(self, view: RunView, budget: float) -> tuple[ModelConfig, float]:
         """From the run's searched training set: the configuration of least probe loss within ``budget`` bits."""
-        chosen = [(c, f) for c, f in view.searched_set(self.layout) if c.avg_bits <= budget + 1e-12]
         if not view.has_search:
             raise ValueError(f"Run {view.name} has no configuration search; use the allocator.")
+        searched = view.searched_set(self.layout)
+        chosen = [(c, f) for c, f in searched if c.avg_bits <= budget + 1e-12]
         if not chosen:
-            low = min(c.avg_bits for c, _ in view.searched_set(self.layout))
+            low = min(c.avg_bits for c, _ in searched)
             raise ValueError(f"Run {view.name}'s searched set has no configuration within {budget:.2f} bits; its "
                              f"smallest has {low:.3f} bits.")
         return min(chosen, key=lambda cf: cf[1])
