@@ -363,13 +363,12 @@ def _probe(coa: CoALoRAModel, activate, configs: list[ModelConfig], windows: tor
 
 def load_trained(wb, folder: str | Path) -> tuple[CoALoRAModel, TrainOptions, list[ModelConfig]]:
     """Rebuild a run's trained adapter on ``wb`` (wrapped in place) from its last checkpoint, in eval mode."""
-    from .models import weight_hash
-
     folder = Path(folder)
     saved = read_run_info(folder)
     options = TrainOptions.from_dict(saved.hyper)
     wb.qmodel.restore_()
-    if weight_hash(wb.model) != saved.weight_hash:
+    # Hashed once per workbench: the explorer calls this on every switch between runs' adapters.
+    if wb.weight_hash != saved.weight_hash:
         raise ValueError(f"Run {folder} was trained on a different model than {wb.layout.model_id}.")
     configs = read_configs(folder, wb.layout) or []
     coa = build_adapter(wb, options)

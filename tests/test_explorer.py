@@ -1,7 +1,6 @@
 """The explorer's shared model on the tiny model: concurrent users each get their own configuration's result,
 adapters of runs attach and detach cleanly, runs are read with clear errors, compact copies evaluate but never
 resume."""
-import json
 import shutil
 import threading
 from pathlib import Path
@@ -14,24 +13,9 @@ from coa_lora.explorer import Explorer
 from coa_lora.run_view import open_run
 from coa_lora.runs import CHECKPOINT_FILE, compact_run, read_safetensors
 from coa_lora.train import TrainOptions, load_trained, train
+from test_evaluator import logprobs, task_file  # noqa: F401 - the hand-made JSONL task and its fixture
 
 TINY_RUN = Path(__file__).parent / "data" / "tiny_search_run"
-ROWS = [
-    {"context": "The capital of France is", "choices": ["Paris", "a big city in Europe"], "gold": 0},
-    {"context": "2 + 2 =", "choices": ["4", "5", "22"], "gold": 0},
-    {"context": "The opposite of hot is", "choices": ["cold", "warm"], "gold": 0},
-]
-
-
-@pytest.fixture()
-def task_file(tmp_path):
-    path = tmp_path / "hand.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    return str(path)
-
-
-def logprobs(result):
-    return [lp for item in result.items for lp in item.logprobs]
 
 
 def test_two_users_evaluating_different_budgets_at_once_each_get_their_own_configuration(task_file):
