@@ -6,7 +6,7 @@ import shlex
 
 import streamlit as st
 
-from coa_lora.train import DEFAULT_HIGH_BITS, DEFAULT_LOW_BITS, even_budgets
+from coa_lora.train import DEFAULT_HIGH_BITS, DEFAULT_LOW_BITS, TrainOptions, even_budgets
 from common import MODEL, RUNS_DIR, train_jobs
 from jobs import TrainJob, train_command
 
@@ -32,7 +32,7 @@ def render() -> None:
         c1, c2, c3, c4 = st.columns(4)
         steps = c1.number_input("Steps", 2, 10_000, 60, key="train_steps", help="~11 s a step on SmolLM2 with 2 CPU cores")
         rounds = c2.number_input("Rounds R", 1, 20, 3)
-        segments = c3.number_input("Segments U", 1, 200, 40)
+        segments = c3.number_input("Segments U", 1, 200, TrainOptions.segments)
         seed = c4.number_input("Seed", 0, 10_000, 0)
         submitted = st.form_submit_button("Start training", type="primary", key="train_start")
     if submitted:

@@ -1,8 +1,9 @@
 """The fine-tuning and held-out text: Shakespeare's plays, split by whole play, cut into token windows.
 
 The split lives in ``data/shakespeare_split.json`` (committed, so it never depends on file order or a seed):
-34 training plays; held out The Tempest (a romance), Julius Caesar (a tragedy) and Twelfth Night (a comedy); the
-five poems are excluded. Texts come from the asset cache (``python -m coa_lora prepare``).
+33 training plays; held out The Tempest (a romance), Julius Caesar (a tragedy) and Twelfth Night (a comedy); one
+probe play (The Two Gentlemen of Verona) that only the configuration search scores, so selection never sees text a
+reported metric uses; the five poems are excluded. Texts come from the asset cache (``python -m coa_lora prepare``).
 
 Windows never cross a play boundary: each play is tokenised on its own, without special tokens.
 """
@@ -17,12 +18,13 @@ import torch
 from .assets import PREPARE_COMMAND, AssetMissingError, shakespeare_dir
 
 SPLIT_FILE = Path(__file__).resolve().parent.parent / "data" / "shakespeare_split.json"
-SPLITS = ("train", "heldout")
+SPLITS = ("train", "heldout", "probe")
 SPLIT_FORMAT_VERSION = 1
 
 
 def load_split() -> dict[str, list[str]]:
-    """``{"train": [...], "heldout": [...], "excluded": [...]}``: play stems from :data:`SPLIT_FILE`, disjoint."""
+    """``{"train": [...], "heldout": [...], "probe": [...], "excluded": [...]}``: play stems from :data:`SPLIT_FILE`,
+    disjoint."""
     d = json.loads(SPLIT_FILE.read_text())
     if d.get("format_version") != SPLIT_FORMAT_VERSION:
         raise ValueError(f"{SPLIT_FILE} has format_version {d.get('format_version')!r}; this version reads "
@@ -37,7 +39,7 @@ def load_split() -> dict[str, list[str]]:
 
 
 def plays(split: str) -> dict[str, str]:
-    """Stem -> full text of every play in ``split`` ("train" or "heldout"), sorted by stem.
+    """Stem -> full text of every play in ``split`` ("train", "heldout" or "probe"), sorted by stem.
 
     Raises:
         ValueError: unknown split name.
@@ -89,8 +91,8 @@ def token_windows(
 def calibration_batches(tokenizer, n: int, length: int, seed: int) -> torch.Tensor:
     """``n`` distinct windows of ``length`` tokens from the training plays, the same for the same seed.
 
-    The pool is every non-overlapping window of every training play (in sorted play order); ``n`` of them are drawn
-    without replacement by a ``torch.Generator`` seeded with ``seed`` (the global RNG is not touched). Tokenising
+    The pool is every non-overlapping window of every training and probe play (in sorted play order); ``n`` of them
+    are drawn without replacement by a ``torch.Generator`` seeded with ``seed`` (the global RNG is not touched). Tokenising
     the 1.4M training tokens takes seconds, so the pool is kept per (tokenizer, length) for later calls.
 
     Returns:
@@ -107,8 +109,11 @@ def calibration_batches(tokenizer, n: int, length: int, seed: int) -> torch.Tens
 
 @functools.lru_cache(maxsize=4)
 def _training_pool(tokenizer, length: int, folder: Path) -> torch.Tensor:
-    """``(n_windows, length)`` every non-overlapping window of the training plays; callers get indexed copies.
+    """``(n_windows, length)`` every non-overlapping window of the calibration plays; callers get indexed copies.
 
     ``folder`` is only part of the cache key, so pointing ``COA_LORA_CACHE`` elsewhere is not served stale text.
     """
-    return torch.cat([token_windows(tokenizer, text, length) for text in plays("train").values()])
+    # Train + probe: the 34 plays the damage tables were always calibrated on (the probe play left training later), so
+    # every damage table and allocation grid computed before stays what a recomputation gives.
+    texts = {**plays("train"), **plays("probe")}
+    return torch.cat([token_windows(tokenizer, texts[stem], length) for stem in sorted(texts)])

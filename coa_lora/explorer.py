@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 
 from .allocate import Allocation
-from .allocation_grid import GridAllocator, install_shipped, load_grid, load_or_solve_grid
+from .allocation_grid import GridAllocator
 from .config import ModelConfig
 from .evaluator import Evaluator, Result, default_cache_dir
 from .loglik import StopFn
@@ -69,15 +69,7 @@ class Explorer:
         ``solve_grid`` (then the whole grid is solved now, with ``progress``, and saved)."""
         if self._grid is None or (solve_grid and self._grid.grid is None):
             with self.lock:  # the Fisher weighting runs the model on a cache miss
-                from .assets import cache_dir
-
-                install_shipped(cache_dir())
-                table = self.wb.damage_table(self.weighting, progress)
-                allocator = self.wb.allocator(self.weighting, progress)
-                folder = cache_dir() / "allocations"
-                grid = (load_or_solve_grid(allocator, table.key, folder, progress=progress) if solve_grid
-                        else load_grid(table.key, folder, len(self.layout)))
-                self._grid = GridAllocator(allocator, grid)
+                self._grid = self.wb.grid_allocator(self.weighting, progress, solve_grid)
         return self._grid
 
     @property

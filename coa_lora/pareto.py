@@ -19,6 +19,7 @@ from botorch.utils.multi_objective.box_decompositions.dominated import Dominated
 from botorch.utils.multi_objective.pareto import is_non_dominated
 
 PLANE_VERSION = 1
+LOSS_CAP = 2.0  # the loss axis ends at most at this multiple of the best initial loss (see from_points)
 
 
 def _points(bits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
@@ -102,10 +103,16 @@ class HypervolumePlane:
     @classmethod
     def from_points(
         cls, bits: torch.Tensor, loss: torch.Tensor, margin: float = 0.1,
-        bits_range: Optional[tuple[float, float]] = None,
+        bits_range: Optional[tuple[float, float]] = None, loss_cap: Optional[float] = LOSS_CAP,
     ) -> "HypervolumePlane":
-        """The plane spanned by a point set (usually the initial set), with the reference ``margin`` beyond its worst
-        point on both axes. A degenerate range (one value) is widened by one unit so the plane stays valid."""
+        """The plane spanned by a point set (usually the initial set), with the reference ``margin`` beyond its far
+        end on both axes. A degenerate range (one value) is widened by one unit so the plane stays valid.
+
+        The loss axis ends at the worst loss, but at most ``loss_cap`` × the best (``None``: no cap). One collapsed
+        configuration must not decide the scale: on SmolLM2 the 2.5-bit allocation starts at probe loss 19.1 while
+        the other nine lie in 3.5–4.9, so an uncapped axis squeezes every difference that matters into its bottom
+        tenth. Twice the best loss is the square of the best perplexity: a configuration beyond that is unusable,
+        and adds no area until the adapter brings it back."""
         pts = _points(bits, loss)
         if pts.shape[0] == 0:
             raise ValueError("A hypervolume plane needs at least one point.")
@@ -114,7 +121,10 @@ class HypervolumePlane:
             return (lo, hi) if hi > lo else (lo - 0.5, hi + 0.5)
 
         b = bits_range or span(float(pts[:, 0].min()), float(pts[:, 0].max()))
-        lo_l, hi_l = span(float(pts[:, 1].min()), float(pts[:, 1].max()))
+        lo_l, hi_l = float(pts[:, 1].min()), float(pts[:, 1].max())
+        if loss_cap is not None and lo_l > 0:
+            hi_l = min(hi_l, loss_cap * lo_l)
+        lo_l, hi_l = span(lo_l, hi_l)
         return cls((float(b[0]), float(b[1])), (lo_l, hi_l), 1.0 + margin)
 
     def normalise(self, bits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:

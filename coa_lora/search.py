@@ -16,6 +16,7 @@ Configurations are ``(N,)`` option indices into :data:`~coa_lora.space.ALL_OPTIO
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -30,58 +31,17 @@ from botorch.utils.multi_objective.box_decompositions.non_dominated import FastN
 from gpytorch.distributions import MultivariateNormal
 from linear_operator.operators import DiagLinearOperator
 
+from .candidates import STEPS, groups, local_moves, neighbours, perturbations, recombinations
 from .config import ModelConfig, ModelLayout
+from .pareto import segment_ids
 from .progress import ProgressFn, report
 from .search_state import Evaluate, SearchSettings, SearchState, avg_bits, keys
-from .space import ALL_OPTIONS, FIELD_VALUES
-from .surrogate import fit_surrogate
+from .space import ALL_OPTIONS
+from .surrogate import fit_surrogate, hyperparameters
 
 MODES = ("search", "random", "frozen")
-__all__ = ["MODES", "SearchSettings", "SearchState", "avg_bits", "begin_round", "finish_round", "neighbours",
-           "propose", "random_proposals", "reference_point", "search_round"]
-
-
-def _step_table() -> torch.Tensor:
-    """``(432, 10)`` int64: the option one ordinal step down/up in each field (−1 where the field is at its end).
-
-    Options are enumerated lexicographically over the fields, so a step in field f moves the index by that field's
-    stride."""
-    sizes = [len(v) for v in FIELD_VALUES.values()]
-    strides = [1] * len(sizes)
-    for f in range(len(sizes) - 2, -1, -1):
-        strides[f] = strides[f + 1] * sizes[f + 1]
-    table = torch.full((len(ALL_OPTIONS), 2 * len(sizes)), -1, dtype=torch.int64)
-    for k, option in enumerate(ALL_OPTIONS):
-        for f, o in enumerate(option.ordinals()):
-            for s, d in enumerate((-1, 1)):
-                if 0 <= o + d < sizes[f]:
-                    table[k, 2 * f + s] = k + d * strides[f]
-    return table
-
-
-STEPS = _step_table()
-
-
-def neighbours(x: torch.Tensor, max_neighbours: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """The configurations one option-field step away from ``x`` (the paper's coordinate moves).
-
-    Args:
-        x: ``(N,)`` option indices.
-        max_neighbours: keep a uniform random subset of this size (SmolLM2 has ≤ 2,100 neighbours: all fit in two
-            batched acquisition calls, but SearchSettings samples 256 per move to keep a round near 8 s).
-
-    Returns:
-        ``(M, N)`` int64, M ≤ 10·N.
-    """
-    steps = STEPS[x]
-    i, m = torch.nonzero(steps >= 0, as_tuple=True)
-    if max_neighbours is not None and len(i) > max_neighbours:
-        keep = torch.randperm(len(i), generator=generator)[:max_neighbours]
-        i, m = i[keep], m[keep]
-    out = x.repeat(len(i), 1)
-    out[torch.arange(len(i)), i] = steps[i, m]
-    return out
+__all__ = ["MODES", "STEPS", "SearchSettings", "SearchState", "avg_bits", "begin_round", "candidate_set",
+           "finish_round", "nearest", "neighbours", "propose", "random_proposals", "reference_point", "search_round"]
 
 
 class MarginalGP(Model):
@@ -137,22 +97,24 @@ def _values(acqf, X: torch.Tensor, chunk: int) -> torch.Tensor:
         return torch.cat([acqf(c.double().unsqueeze(-2)) for c in X.split(chunk)])
 
 
-def local_search(acqf, start: torch.Tensor, excluded: set, settings: SearchSettings,
-                 generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Steepest-ascent coordinate search on the option lattice.
+def _local_search(acqf, start: torch.Tensor, value: float, segment: int, excluded: set, state: SearchState,
+                  groups: list, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """Steepest ascent from ``start`` over :func:`~coa_lora.candidates.local_moves` that stay in ``segment``.
 
-    Every move scores all (or ``max_neighbours``) single-field neighbours in batched calls and takes the best one only
-    if it improves; configurations in ``excluded`` score −inf, so an evaluated start always moves at least once.
-    Stops at a local optimum or after ``settings.moves`` moves.
+    Each move scores every sampled single-field step, bits-neutral swap and group move in batched calls and takes
+    the best only if it improves; evaluated configurations score −inf. At most ``settings.moves`` moves.
 
     Returns:
-        ``((N,) option indices, value)``; value is −inf when no admissible configuration was found.
+        ``((N,) option indices, value)``.
     """
-    x = start
-    v = float("-inf") if tuple(x.tolist()) in excluded else float(_values(acqf, x[None], 1)[0])
-    for _ in range(settings.moves):
-        nb = neighbours(x, settings.max_neighbours, generator)
-        vals = _values(acqf, nb, settings.chunk)
+    s = state.settings
+    x, v = start, value
+    for _ in range(s.moves):
+        nb = local_moves(x, groups, s.max_neighbours, s.swaps, generator)
+        nb = nb[segment_ids(avg_bits(nb, state.layout), s.segments, state.plane.bits_range) == segment]
+        if len(nb) == 0:
+            break
+        vals = _values(acqf, nb, s.chunk)
         vals[torch.tensor([k in excluded for k in keys(nb)], dtype=torch.bool)] = float("-inf")
         j = int(vals.argmax())
         if not float(vals[j]) > v:
@@ -161,26 +123,61 @@ def local_search(acqf, start: torch.Tensor, excluded: set, settings: SearchSetti
     return x, v
 
 
-def _start_candidates(train: torch.Tensor, settings: SearchSettings, generator: torch.Generator) -> torch.Tensor:
-    """The training set plus ``raw_samples`` copies of random members with 1–3 matrices set to random options."""
-    n, N = train.shape
-    pick = torch.randint(n, (settings.raw_samples,), generator=generator)
-    raw = train[pick].clone()
-    for r in range(settings.raw_samples):
-        k = int(torch.randint(1, 4, (1,), generator=generator))
-        raw[r, torch.randperm(N, generator=generator)[:k]] = torch.randint(len(ALL_OPTIONS), (k,), generator=generator)
-    return torch.cat([train, raw])
+def candidate_set(state: SearchState, grid: torch.Tensor | None, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, list[str]]:
+    """The round's candidates (:mod:`coa_lora.candidates`), deduplicated, none already evaluated.
 
-
-def propose(state: SearchState, progress: ProgressFn | None = None) -> tuple[torch.Tensor, dict]:
-    """q new configurations maximising qLogEHVI, none equal to an evaluated configuration.
-
-    The q points are chosen one after another. Joint q-point EHVI costs 2^q terms per call (measured: 20x slower at
-    4 pending points on the tiny model), so each chosen point instead joins the front at its GP posterior mean
-    ("kriging believer") and the next point is scored against that front, still one point per call.
+    Args:
+        grid: ``(G, N)`` the allocator's configurations over the plane (None: no grid candidates).
 
     Returns:
-        ``((q', N) option indices, timings)`` with q' ≤ q (fewer only if the lattice around the pool is exhausted).
+        ``((M, N) option indices, M candidate kinds)``.
+    """
+    s = state.settings
+    train = state.X[state.selected]
+    parts = [("start", perturbations(train, 1, s.max_changes, generator)),
+             ("recombination", recombinations(train, avg_bits(train, state.layout), s.recombinations, generator))]
+    if grid is not None and len(grid):
+        parts = [("grid", grid), ("perturbation", perturbations(grid, s.perturbations, s.max_changes, generator)),
+                 *parts]
+    seen, rows, kinds = set(keys(state.X)), [], []
+    for kind, X in parts:
+        for k, x in zip(keys(X), X):
+            if k not in seen:
+                seen.add(k)
+                rows.append(x)
+                kinds.append(kind)
+    return (torch.stack(rows) if rows else state.X[:0]), kinds
+
+
+def _choose(values: torch.Tensor, segment: torch.Tensor, used: set, occupied: set, preference: float) -> int | None:
+    """Index of the next proposal's candidate: the best in a segment no proposal of this round took, from an empty
+    segment while its EHVI is at least ``preference`` × the best allowed one; None if nothing is allowed."""
+    allowed = torch.tensor([u not in used for u in segment.tolist()], dtype=torch.bool) & torch.isfinite(values)
+    if not bool(allowed.any()):
+        return None
+    best = float(values[allowed].max())
+    empty = allowed & torch.tensor([u not in occupied for u in segment.tolist()], dtype=torch.bool)
+    if bool(empty.any()) and float(values[empty].max()) >= best + math.log(max(preference, 1e-300)):
+        allowed = empty
+    return int(torch.where(allowed, values, torch.tensor(float("-inf"), dtype=values.dtype)).argmax())
+
+
+def propose(state: SearchState, grid: torch.Tensor | None = None,
+            progress: ProgressFn | None = None) -> tuple[torch.Tensor, list[dict], dict]:
+    """q new configurations maximising qLogEHVI, each in its own bit segment, none equal to an evaluated one.
+
+    All candidates of :func:`candidate_set` are scored in batched acquisition calls; the best one (empty segments
+    first, see :func:`_choose`) is improved by a local search confined to its segment. The q points are chosen one
+    after another: joint q-point EHVI costs 2^q terms per call (measured: 20x slower at 4 pending points on the tiny
+    model), so each chosen point joins the front at its GP posterior mean ("kriging believer") and the next point is
+    scored against that front, still one point per call.
+
+    Returns:
+        ``((q', N) option indices, q' info dicts, round log)`` with q' ≤ q (fewer only when every segment is taken
+        or no candidate is left). Info: candidate kind, predicted f1 and its sd, bit distance and changed matrices to
+        the nearest pool configuration. Round log: ``seconds_fit``, ``seconds_acquisition``, ``gp`` (hyperparameters),
+        ``n_candidates``.
     """
     s = state.settings
     g = torch.Generator().manual_seed(s.seed + 1000 * state.round)
@@ -191,25 +188,45 @@ def propose(state: SearchState, progress: ProgressFn | None = None) -> tuple[tor
     Y = torch.stack([-state.loss, -avg_bits(X, state.layout)], dim=-1)
     ref = reference_point(Y, s.ref_margin)
     excluded = set(keys(X))
-    candidates = _start_candidates(X[state.selected], s, g)
-    chosen: list[torch.Tensor] = []
+    candidates, kinds = candidate_set(state, grid, g)
+    seg_of = segment_ids(avg_bits(candidates, state.layout), s.segments, state.plane.bits_range)
+    occupied = set(segment_ids(state.bits, s.segments, state.plane.bits_range).tolist())
+    groups_ = groups(state.layout)
+    chosen, info, used = [], [], set()
     for j in range(s.proposals):
-        acqf = acquisition(models, Y, ref, s)
-        scores = _values(acqf, candidates, s.chunk)
-        best, best_v = None, float("-inf")
-        for k in torch.argsort(scores, descending=True)[: s.starts].tolist():
-            x, v = local_search(acqf, candidates[k], excluded, s, g)
-            if v > best_v:
-                best, best_v = x, v
-        report(progress, j + 1, s.proposals, "acquisition")
-        if best is None:
+        if len(candidates) == 0:
             break
-        chosen.append(best)
-        excluded.add(tuple(best.tolist()))
+        acqf = acquisition(models, Y, ref, s)
+        values = _values(acqf, candidates, s.chunk)
+        k = _choose(values, seg_of, used, occupied | used, s.empty_preference)
+        if k is None:
+            break
+        segment, kind = int(seg_of[k]), kinds[k]
+        x, _ = _local_search(acqf, candidates[k], float(values[k]), segment, excluded, state, groups_, g)
+        report(progress, j + 1, s.proposals, "acquisition")
         with torch.no_grad():
-            Y = torch.cat([Y, models.posterior(best.double()[None]).mean.reshape(1, 2)])
-    timings = {"seconds_fit": t1 - t0, "seconds_acquisition": time.perf_counter() - t1}
-    return (torch.stack(chosen) if chosen else X[:0]), timings
+            post = models.models[0].gp.posterior(x.double()[None])
+            Y = torch.cat([Y, models.posterior(x.double()[None]).mean.reshape(1, 2)])
+        info.append({"candidate": kind, "local_moves": int((x != candidates[k]).sum()),
+                     "predicted_f1": -float(post.mean.reshape(-1)[0]),
+                     "predicted_sd": float(post.variance.reshape(-1)[0].sqrt()), **nearest(x, X, state.layout)})
+        chosen.append(x)
+        excluded.add(tuple(x.tolist()))
+        used.add(segment)
+        keep = torch.tensor([c != tuple(x.tolist()) for c in keys(candidates)], dtype=torch.bool)
+        candidates, seg_of, kinds = candidates[keep], seg_of[keep], [c for c, m in zip(kinds, keep.tolist()) if m]
+    log = {"seconds_fit": t1 - t0, "seconds_acquisition": time.perf_counter() - t1,
+           "gp": hyperparameters(models.models[0].gp), "n_candidates": len(candidates) + len(chosen)}
+    return (torch.stack(chosen) if chosen else X[:0]), info, log
+
+
+def nearest(x: torch.Tensor, X: torch.Tensor, layout: ModelLayout) -> dict:
+    """How far ``(N,)`` ``x`` is from the ``(n, N)`` pool: ``distance_bits`` (average-bits distance to the nearest
+    configuration) and ``changed_matrices`` (matrices differing from the configuration that differs least)."""
+    if len(X) == 0:
+        return {"distance_bits": float("nan"), "changed_matrices": len(x)}
+    distance = (avg_bits(X, layout) - float(avg_bits(x[None], layout)[0])).abs()
+    return {"distance_bits": float(distance.min()), "changed_matrices": int((X != x).sum(-1).min())}
 
 
 def random_proposals(state: SearchState, n: int, allocate: Callable[[float], ModelConfig] | None = None,
@@ -242,9 +259,10 @@ def random_proposals(state: SearchState, n: int, allocate: Callable[[float], Mod
 
 def begin_round(state: SearchState, mode: str = "search",
                 allocate: Callable[[float], ModelConfig] | None = None,
-                progress: ProgressFn | None = None) -> None:
-    """Open the next round: propose (``search``: qLogEHVI; ``random``: :func:`random_proposals`; ``frozen``:
-    nothing) and park the proposals in ``state.pending``, to be saved before any of them is evaluated."""
+                progress: ProgressFn | None = None, grid: torch.Tensor | None = None) -> None:
+    """Open the next round: propose (``search``: qLogEHVI over :func:`candidate_set`, with ``grid`` the allocator's
+    ``(G, N)`` configurations over the plane; ``random``: :func:`random_proposals`; ``frozen``: nothing) and park
+    the proposals in ``state.pending``, to be saved before any of them is evaluated."""
     if mode not in MODES:
         raise ValueError(f"Unknown search mode {mode!r}; choose one of {MODES}.")
     if state.round_open:
@@ -252,13 +270,12 @@ def begin_round(state: SearchState, mode: str = "search",
     state.round += 1
     timings = {"seconds_fit": 0.0, "seconds_acquisition": 0.0}
     if mode == "search":
-        X, timings = propose(state, progress)
-    elif mode == "random":
-        X = random_proposals(state, state.settings.proposals, allocate)
+        X, info, timings = propose(state, grid, progress)
     else:
-        X = state.X[:0]
+        X = random_proposals(state, state.settings.proposals, allocate) if mode == "random" else state.X[:0]
+        info = [nearest(x, state.X, state.layout) for x in X]
     source = "search" if mode == "search" else "random"
-    state.pending = [{"options": x, "source": source} for x in X.tolist()]
+    state.pending = [{"options": x, "source": source, "info": i} for x, i in zip(X.tolist(), info)]
     state.pending_mode, state.pending_timings = mode, timings
 
 
@@ -280,7 +297,8 @@ def finish_round(state: SearchState, evaluate: Evaluate, checkpoint: Callable[[S
     for i, p in enumerate(todo):
         x = torch.tensor([p["options"]], dtype=torch.int64)
         loss = float(evaluate([ModelConfig.from_option_indices(state.layout, x[0])])[0])
-        state.add(x, torch.tensor([loss], dtype=torch.float64), p["source"])
+        state.add(x, torch.tensor([loss], dtype=torch.float64), p["source"],
+                  [{**p.get("info", {}), "measured_f1": loss}])
         state.pending_timings["seconds_evaluate"] = before + time.perf_counter() - t0
         if checkpoint is not None:
             checkpoint(state)
@@ -295,13 +313,13 @@ def finish_round(state: SearchState, evaluate: Evaluate, checkpoint: Callable[[S
 def search_round(state: SearchState, evaluate: Evaluate, mode: str = "search",
                  allocate: Callable[[float], ModelConfig] | None = None,
                  checkpoint: Callable[[SearchState], None] | None = None,
-                 progress: ProgressFn | None = None) -> dict:
+                 progress: ProgressFn | None = None, grid: torch.Tensor | None = None) -> dict:
     """One whole round: :func:`begin_round` then :func:`finish_round`.
 
     Returns:
         The round's row of ``state.rounds``.
     """
-    begin_round(state, mode, allocate, progress)
+    begin_round(state, mode, allocate, progress, grid)
     if checkpoint is not None:
         checkpoint(state)
     return finish_round(state, evaluate, checkpoint, progress)

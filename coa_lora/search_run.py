@@ -2,12 +2,14 @@
 
     train(wb, TrainOptions(search="search", rounds=3), "runs/NAME")   # the trainer drives a RunSearch
 
-f1 of a configuration is the CURRENT adapter's next-token loss on the run's fixed held-out probe windows (the same
-windows every round); f2 is its exact average bits. Before each round the f1 of every configuration in the pool is
-re-measured, so the GP, the selection and the hypervolumes compare losses of one adapter (a configuration measured
-rounds ago under an older adapter would otherwise keep its stale, higher loss and never be selected again). The
-state is saved in the run folder after every single evaluation; the hypervolume plane fixed by the initial set goes
-into run.json.
+f1 of a configuration is the CURRENT adapter's next-token loss on the run's fixed probe windows (the probe play of
+data/shakespeare_split.json, which neither training nor any reported metric uses; the same windows every round); f2
+is its exact average bits. Before each round the training set's f1 is re-measured and every other configuration's
+f1 moves by the change measured at its bits (:meth:`~coa_lora.search_state.SearchState.refresh`), so the GP, the
+selection and the hypervolumes compare losses of one adapter (a configuration measured rounds ago under an older
+adapter would otherwise keep its stale, higher loss and never be selected again) at a round cost of a few training
+steps. The state is saved in the run folder after every single evaluation; the hypervolume plane fixed by the initial
+set goes into run.json.
 
 Resume: the trainer checkpoints the adapter at a round's step before the round starts, so a run killed during a round
 restarts from that checkpoint, finds the round open in search.json, and evaluates only the proposals it had not;
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .candidates import allocator_grid
 from .config import ModelConfig
 from .progress import ProgressFn, report
 from .runs import read_run_info, read_search, write_run_info, write_search
@@ -76,6 +79,7 @@ class RunSearch:
         self.settings = SearchSettings(segments=options.segments, proposals=options.proposals, seed=options.seed)
         self.schedule = round_steps(options.steps, options.rounds)
         self.state: SearchState | None = None
+        self._grid: torch.Tensor | None = None
 
     def f1(self, configs: Sequence[ModelConfig]) -> list[float]:
         """The current adapter's probe loss under each configuration (dropout off; training mode is restored)."""
@@ -121,12 +125,13 @@ class RunSearch:
             report(self.progress, step, self.options.steps, f"search round {r}: {message} {done}/{total}")
 
         if not state.round_open:
-            progress(0, len(state.pool), "re-measuring the pool")
+            progress(0, int(state.selected.sum()), "re-measuring the training set")
             t0 = time.perf_counter()
-            state.refresh(self.f1, "pool", for_round=state.round + 1)
+            state.refresh(self.f1, "train", for_round=state.round + 1, limit=self.settings.refresh_limit)
             seconds_refresh = time.perf_counter() - t0
             with _threads(1):
-                begin_round(state, self.mode, self._allocate, progress)
+                begin_round(state, self.mode, self._allocate, progress,
+                            self.grid() if self.mode == "search" else None)
             state.pending_timings["seconds_refresh"] = seconds_refresh
             self.save(state)
         finish_round(state, self.f1, self.save, progress)
@@ -139,13 +144,20 @@ class RunSearch:
         state = self.state
         if state.rounds[-1]["mode"] == "final":
             return
-        report(self.progress, step, self.options.steps, "search: re-measuring the pool with the final adapter")
+        report(self.progress, step, self.options.steps, "search: re-measuring the training set with the final adapter")
         t0 = time.perf_counter()
         state.round += 1
-        state.refresh(self.f1, "pool")
+        state.refresh(self.f1, "train")
         state.close_round("final", 0, {"seconds_refresh": time.perf_counter() - t0}, select=False)
         self.save(state)
 
+    def grid(self) -> torch.Tensor:
+        """``(G, N)`` the allocator's distinct configurations every ``grid_step`` bits over the plane: instant from
+        the pre-solved allocation grid (shipped for the embedded model), else solved once per run."""
+        if self._grid is None:
+            self._grid = allocator_grid(self._allocate, self.state.plane.bits_range, self.settings.grid_step)
+        return self._grid
+
     def _allocate(self, budget: float) -> ModelConfig:
-        return self.wb.allocate(budget).config
+        return self.wb.grid_allocator().allocate(budget).config
 

@@ -138,6 +138,23 @@ def fit_surrogate(X: torch.Tensor, y: torch.Tensor, encoding: str = DEFAULT_ENCO
     return gp.eval()
 
 
+def hyperparameters(gp: SingleTaskGP) -> dict:
+    """The fitted GP's hyperparameters as plain floats (outcome-standardised units): ``outputscale``, ``noise``,
+    ``mean`` and ``lengthscale`` (a list: one per field for ``field``, one for ``ordinal``/``bits``)."""
+    kernel = gp.covar_module
+    base = kernel.base_kernel
+    with torch.no_grad():
+        return _hyperparameters(gp, kernel, base)
+
+
+def _hyperparameters(gp: SingleTaskGP, kernel, base) -> dict:
+    out = {"outputscale": float(kernel.outputscale), "noise": float(gp.likelihood.noise.reshape(-1)[0]),
+           "mean": float(gp.mean_module.constant)}
+    if getattr(base, "lengthscale", None) is not None:
+        out["lengthscale"] = [float(v) for v in base.lengthscale.reshape(-1)]
+    return out
+
+
 def _ranks(v: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(v).scatter_(0, torch.argsort(v), torch.arange(len(v), dtype=v.dtype))
 

@@ -95,13 +95,19 @@ class TrainOptions:
     budgets: tuple[float, ...] = even_budgets()  # the initial configuration set: the allocator at these budgets
     checkpoint_every: int = 10
     eval_every: int = 20  # held-out probe loss every this many steps (and at the end)
-    probe_windows: int = 8  # held-out windows of the probe loss
+    # Windows of the probe play (the search's f1 and the periodic probe loss). 4 x 128 tokens: configurations are
+    # compared on the same windows, so their differences are far less noisy than the loss itself, and one f1 costs
+    # ~1/6 of a training step on SmolLM2 (8 windows made a search round cost 5.3-8.3 steps).
+    probe_windows: int = 4
     probe_configs: int = 3  # configurations of the set (lowest, middle, highest bits) the probe runs under
     # Pareto search (coa_lora.search_run): "search" alternates R + 1 epochs with R rounds that add ``proposals``
     # configurations each and re-select the set over ``segments`` bit segments; "random" / "frozen" are its ablations.
     search: str = "off"
     rounds: int = 3
-    segments: int = 40  # U (the paper's value)
+    # U: 10 over the default 10-budget initial set gives each segment one initial configuration, so proposals compete
+    # inside occupied segments and the selection has something to select (40, the paper's value for its 50 initial
+    # configurations, left every configuration alone in its segment: the training set was the whole pool).
+    segments: int = 10
     proposals: int = 5  # q
 
     def __post_init__(self) -> None:
@@ -183,12 +189,16 @@ def training_windows(tokenizer, length: int) -> torch.Tensor:
 
 
 def probe_windows(tokenizer, length: int, n: int) -> torch.Tensor:
-    """``(≤ n, length)`` held-out windows taken round-robin from the held-out plays (fixed for a run)."""
+    """``(≤ n, length)`` windows of the probe play(s), evenly spaced through the text (fixed for a run).
+
+    The probe is the search's f1 text and the trainer's probe loss: a play that neither training nor any reported
+    metric (held-out perplexity scores the held-out plays) uses, so selecting on it biases no comparison. Evenly
+    spaced, not the first n, so the dramatis personae at a play's start do not dominate it."""
     from .data import plays, token_windows
 
-    per_play = [token_windows(tokenizer, text, length, max_windows=n) for text in plays("heldout").values()]
-    rows = [w[i] for i in range(n) for w in per_play if i < len(w)]
-    return torch.stack(rows[:n])
+    every = torch.cat([token_windows(tokenizer, text, length) for text in plays("probe").values()])
+    picks = torch.linspace(0, len(every) - 1, min(n, len(every))).round().long()
+    return every[picks]
 
 
 def lqlora_init_(coa: CoALoRAModel, iterations: int = LQ_ITERATIONS) -> None:

@@ -39,6 +39,7 @@ class Workbench:
     _tokenizer: object = None
     _tables: dict = field(default_factory=dict)
     _allocators: dict = field(default_factory=dict)
+    _grids: dict = field(default_factory=dict)
     _weight_hash: Optional[str] = None
 
     @classmethod
@@ -114,6 +115,25 @@ class Workbench:
             table = self.damage_table(weighting, progress).for_layout(self.layout)
             self._allocators[weighting] = Allocator(self.layout, table.values)
         return self._allocators[weighting]
+
+    def grid_allocator(self, weighting: str = DEFAULT_WEIGHTING, progress: Optional[ProgressFn] = None,
+                       solve_grid: bool = False):
+        """The allocator answered from the pre-solved allocation grid (:mod:`coa_lora.allocation_grid`): shipped for
+        the embedded model, made by ``python -m coa_lora prepare`` or, with ``solve_grid``, solved now and saved.
+        Without a grid on disk every budget is solved live once and remembered. Answers equal :meth:`allocate`'s."""
+        from .allocation_grid import GridAllocator, install_shipped, load_grid, load_or_solve_grid
+        from .assets import cache_dir
+
+        held = self._grids.get(weighting)
+        if held is None or (solve_grid and held.grid is None):
+            install_shipped(cache_dir())
+            table = self.damage_table(weighting, progress)
+            allocator = self.allocator(weighting, progress)
+            folder = cache_dir() / "allocations"
+            grid = (load_or_solve_grid(allocator, table.key, folder, progress=progress) if solve_grid
+                    else load_grid(table.key, folder, len(self.layout)))
+            held = self._grids[weighting] = GridAllocator(allocator, grid)
+        return held
 
     def allocate(
         self, budget: float, weighting: str = DEFAULT_WEIGHTING, progress: Optional[ProgressFn] = None

@@ -73,7 +73,7 @@ def test_texts_are_the_modern_spelling_plays_and_poems_without_gutenberg_boilerp
         assert "by William Shakespeare" in text.splitlines()[:4] or "by William Shakespeare" in text[:200], stem
         assert clean_text(text) == text, stem
     split = load_split()
-    assert set(texts) == set(split["train"]) | set(split["heldout"]) | set(split["excluded"])
+    assert set(texts) == set(split["train"]) | set(split["heldout"]) | set(split["probe"]) | set(split["excluded"])
 
 
 @pytest.mark.smollm2

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from coa_lora.candidates import allocator_grid
 from coa_lora.config import ModelConfig
 from coa_lora.pareto import HypervolumePlane
 from coa_lora.search import (
@@ -25,7 +26,7 @@ from coa_lora.space import ALL_OPTIONS
 from coa_lora.surrogate import compare_encodings
 from coa_lora.workbench import Workbench
 
-FAST = SearchSettings(segments=8, proposals=5, starts=2, moves=10, raw_samples=32, mc_samples=32, seed=0)
+FAST = SearchSettings(segments=8, proposals=5, moves=10, mc_samples=32, seed=0)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -109,11 +110,12 @@ def test_search_beats_random_with_same_evaluations(problem):
     def allocate(budget):
         return wb.allocate(budget).config
 
-    hv = {}
+    hv, grid = {}, None
     for mode in ("search", "random", "frozen"):
         state = SearchState.start(layout, initial, evaluate, FAST)
+        grid = allocator_grid(allocate, state.plane.bits_range, 0.25) if grid is None else grid
         for _ in range(3):
-            search_round(state, evaluate, mode, allocate=allocate)
+            search_round(state, evaluate, mode, allocate=allocate, grid=grid)
         hv[mode] = [r["hv_pool"] for r in state.rounds]
         if mode == "search":
             searched = state
@@ -173,7 +175,7 @@ def test_bad_updates_are_refused_and_change_nothing(problem):
     assert json.dumps(state.to_dict()) == before
 
 
-@pytest.mark.parametrize("bad, message", [({"raw_samples": 0}, "raw_samples must be >= 1, got 0"),
+@pytest.mark.parametrize("bad, message", [({"swaps": -1}, "swaps must be >= 0, got -1"),
                                           ({"max_neighbours": 0}, "max_neighbours must be >= 1 or None"),
                                           ({"segments": 0}, "segments must be >= 1")])
 def test_search_settings_are_validated(bad, message):
