@@ -1,0 +1,65 @@
+"""The tutorial notebooks (notebooks/): each runs top to bottom with its defaults, and its committed .ipynb carries no
+outputs and matches its jupytext twin (the reviewable .py in percent format), cell for cell.
+
+Executing a notebook loads SmolLM2 (marker ``smollm2``) and takes 15–90 s on 2 CPU cores; ``COA_NOTEBOOK_TIMEOUT``
+bounds each cell (default 600 s).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NAMES = sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def test_there_are_five_notebooks_each_with_its_twin():
+    assert len(NAMES) == 5
+    assert sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ipynb_matches_its_py_twin_and_carries_no_outputs(name):
+    ipynb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    text = jupytext.read(NOTEBOOKS / f"{name}.py")
+    def cells(nb):
+        return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+
+    assert cells(ipynb) == cells(text), (
+        f"{name}.ipynb and {name}.py differ: run `jupytext --sync notebooks/{name}.py`.")
+    code = [c for c in ipynb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), (
+        f"{name}.ipynb carries outputs: strip them (`jupytext --to ipynb notebooks/{name}.py`).")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_has_a_plotly_figure_a_notice_and_an_exercise(name):
+    cells = jupytext.read(NOTEBOOKS / f"{name}.py").cells
+    code = "\n".join(c.source for c in cells if c.cell_type == "code")
+    markdown = "\n".join(c.source for c in cells if c.cell_type == "markdown")
+    assert "plots." in code and ".show()" in code
+    assert "**Notice:**" in markdown and "## Try this" in markdown
+    assert any("key-figure" in c.metadata.get("tags", []) for c in cells), "tag the cell of the README's figure"
+
+
+@pytest.mark.smollm2
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_top_to_bottom(name, tmp_path):
+    """Executed as JupyterLab would (the notebook's folder as working directory), with its default parameters."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    client = NotebookClient(nb, timeout=int(os.environ.get("COA_NOTEBOOK_TIMEOUT", "600")), kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    figures = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+               if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert figures, f"{name} showed no interactive plotly figure"
+    print(f"{name}: {seconds:.1f} s")
