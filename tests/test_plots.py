@@ -2,9 +2,10 @@
 show (points, ids, segments, flipped items), not for pixels."""
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from coa_lora import ModelConfig, Workbench, plots, preset
+from coa_lora import ModelConfig, QuantOption, Workbench, plots, preset
 from coa_lora.evaluate import ItemResult, TaskResult
 from coa_lora.perplexity import PerplexityResult
 from coa_lora.run_view import open_run
@@ -81,3 +82,71 @@ def test_training_figure_draws_the_loss_and_each_probe_configuration():
     probes = [c for c in view.metrics.columns if c.startswith("probe_loss@")]
     assert len(fig.data) == 1 + len(probes) and fig.data[0].name == "training loss"
     assert list(fig.data[0].y) == view.metrics["loss"].tolist()
+
+
+# ----- figures of the tutorial notebooks ------------------------------------------------------------------------------
+def test_codebook_figure_draws_each_codebook_and_the_histogram():
+    from coa_lora.codebook import nf_table
+
+    hist = pd.DataFrame({"x": [-0.5, 0.5], "width": [1.0, 1.0], "density": [0.4, 0.6]})
+    fig = plots.codebook_figure({b: nf_table(b).codebook.tolist() for b in (2, 4)}, hist)
+    assert [t.name for t in fig.data] == ["weights / block absmax", "NF2 (4 values)", "NF4 (16 values)"]
+    assert list(fig.data[2].x) == nf_table(4).codebook.tolist()
+    assert len(fig.layout.shapes) == 16  # NF4's values through the histogram
+    assert fig.layout.yaxis.title.text == "density"
+
+
+def test_option_frame_marks_the_hand_computed_front_and_the_figure_joins_it():
+    options = [QuantOption(2, 8, "fp32", 64, 256), QuantOption(3, 8, "fp32", 64, 256),
+               QuantOption(3, 2, "fp32", 64, 256), QuantOption(4, 8, "fp32", 64, 256)]
+    # bits: 2.127, 3.127, 3.033, 4.127; the 3.127-bit option has more error than the cheaper 3.033 one: dominated.
+    frame = plots.option_frame([10.0, 5.0, 4.0, 1.0], options)
+    assert frame["on_front"].tolist() == [True, False, True, True]
+    assert frame["name"].tolist() == [o.name for o in options]
+    fig = plots.options_figure(frame, color="bits")
+    assert [t.name for t in fig.data] == ["NF bits b = 2", "NF bits b = 3", "NF bits b = 4", "Pareto front (3 options)"]
+    assert list(fig.data[-1].y) == [10.0, 4.0, 1.0]
+    with pytest.raises(ValueError, match="one error per option"):
+        plots.option_frame([1.0], options)
+    with pytest.raises(ValueError, match="option fields"):
+        plots.options_figure(frame, color="avg_bits")
+
+
+def test_target_frame_heatmap_and_scatter_place_each_matrix():
+    wb = Workbench.load("tiny")
+    n = len(wb.layout)
+    frame = plots.target_frame(wb.layout, damage=[10.0 ** i for i in range(n)], bits=[2.0] * n)
+    assert frame.columns.tolist() == ["target", "layer", "kind", "numel", "damage", "bits"]
+    fig = plots.target_heatmap(frame, "damage", "t", log=True)
+    z = fig.data[0].z
+    assert z[0][0] == 0.0 and z[1][0] == 7.0  # log10 of block 1's first matrix (the 8th target)
+    assert fig.data[0].customdata[1][0] == 1e7
+    scatter = plots.target_scatter(frame, "damage", "bits")
+    assert [t.name for t in scatter.data] == list(dict.fromkeys(frame["kind"]))
+    with pytest.raises(ValueError, match="14 target matrices"):
+        plots.target_frame(wb.layout, damage=[1.0])
+
+
+def test_budget_figure_draws_one_line_per_column_sorted_by_bits_with_reference_lines():
+    ppl = lambda v: PerplexityResult("ppl", v, 1.0, 10, 1)  # noqa: E731
+    frame = pd.concat([plots.results_frame({col: {"ppl": ppl(v)}}).assign(avg_bits=b)
+                       for col, b, v in [("alloc", 4.0, 30.0), ("alloc", 3.0, 60.0), ("uniform", 3.1, 900.0)]])
+    fig = plots.budget_figure(frame, "perplexity", references={"reference": 20.0})
+    assert [t.name for t in fig.data] == ["alloc", "uniform", "reference (20)"]
+    assert list(fig.data[0].x) == [3.0, 4.0] and list(fig.data[0].y) == [60.0, 30.0]
+    assert list(fig.data[2].y) == [20.0, 20.0] and fig.layout.yaxis.type == "log"
+
+
+def test_prediction_and_ehvi_figures_carry_ids_and_measured_values():
+    frame = pd.DataFrame({"id": [3, 4], "measured": [1.0, 2.0], "predicted": [1.5, 1.8], "predicted_sd": [0.1, 0.2],
+                          "round": [1, 2]})
+    fig = plots.prediction_figure(frame, color="round")
+    assert [t.name for t in fig.data] == ["round 1", "round 2", "y = x (perfect prediction)"]
+    assert list(fig.data[1].error_y.array) == [0.4]
+    front = pd.DataFrame({"avg_bits": [2.0, 3.0, 3.5], "f1": [5.0, 3.0, 4.0]})
+    candidates = frame.assign(avg_bits=[2.5, 3.2], ehvi=[0.1, 0.0])
+    fig = plots.ehvi_figure(front, candidates, reference=(4.0, 6.0))
+    names = [t.name for t in fig.data]
+    assert names == ["evaluated", "front", "candidates (predicted ±2 sd)", "measured afterwards", "reference point"]
+    assert list(fig.data[1].x) == [2.0, 3.0]  # (3.5, 4.0) is dominated by (3.0, 3.0)
+    assert [c[0] for c in fig.data[2].customdata] == [3, 4]
