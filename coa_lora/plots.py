@@ -422,7 +422,7 @@ def prediction_figure(frame: pd.DataFrame, color: Optional[str] = None,
 
 
 def ehvi_figure(front: pd.DataFrame, candidates: pd.DataFrame, reference: Optional[tuple[float, float]] = None,
-                title: str = "What the acquisition sees") -> go.Figure:
+                title: str = "What the acquisition sees", log_y: bool = False) -> go.Figure:
     """The current training set's front in the (bits, loss) plane and candidate configurations at their predicted
     loss (±2 sd), coloured by expected hypervolume improvement; measured losses, where known, as crosses.
 
@@ -430,6 +430,7 @@ def ehvi_figure(front: pd.DataFrame, candidates: pd.DataFrame, reference: Option
         front: ``avg_bits, f1`` of the configurations the GP was fitted on (the front is drawn as a staircase).
         candidates: ``avg_bits, predicted, predicted_sd, ehvi`` and optionally ``measured``, ``id``.
         reference: the hypervolume reference point ``(bits, loss)``, drawn as a star.
+        log_y: a log loss axis (one collapsed configuration otherwise squeezes the rest into a line).
     """
     fig = go.Figure()
     pts = front.sort_values("avg_bits")
@@ -457,4 +458,6 @@ def ehvi_figure(front: pd.DataFrame, candidates: pd.DataFrame, reference: Option
         fig.add_trace(go.Scatter(x=[reference[0]], y=[reference[1]], mode="markers", name="reference point",
                                  marker=dict(size=14, symbol="star", color="#2ca02c"),
                                  hovertemplate="reference %{x:.3f} bits, loss %{y:.3f}<extra></extra>"))
+    if log_y:
+        fig.update_yaxes(type="log")
     return _layout(fig, title, "average bits per weight", "probe loss (nats/token)")

@@ -1,4 +1,4 @@
-"""Render each tutorial notebook's key figure (the plotly figure of its cell tagged ``key-figure``) as a PNG here.
+"""Render each tutorial notebook's key figure (the last plotly figure of its cell tagged ``key-figure``) as a PNG here.
 
     .venv/bin/python docs/tutorials/render.py                 # execute every notebook, write <notebook>.png
     .venv/bin/python docs/tutorials/render.py 04_pareto_search --all --out /tmp/figs   # every figure of one
@@ -39,7 +39,7 @@ def figures(nb: nbformat.NotebookNode, key_only: bool) -> list[dict]:
         if cell.cell_type != "code" or (key_only and "key-figure" not in cell.metadata.get("tags", [])):
             continue
         out += [o["data"][PLOTLY] for o in cell.outputs if PLOTLY in o.get("data", {})]
-    return out[:1] if key_only else out
+    return out[-1:] if key_only else out
 
 
 def screenshot(figure: dict, png: Path, width: int = 1000, page=None) -> None:
