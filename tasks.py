@@ -3,6 +3,7 @@
 
     python3 tasks.py app    # install, prepare the offline assets, start the explorer on the embedded model
     python3 tasks.py test   # install, prepare the offline assets, run the test suite
+    python3 tasks.py lab    # install, prepare the offline assets, open the tutorial notebooks in JupyterLab
 
 Installation goes into ./.venv and is skipped when requirements.txt has not changed since the last install;
 asset preparation is idempotent (seconds on a second run).
@@ -53,6 +54,11 @@ def app() -> None:
                   "--browser.gatherUsageStats", "false", *sys.argv[2:]])
 
 
+def lab() -> None:
+    # The tutorials (notebooks/); JupyterLab prints its URL with a token (open it, or forward the port over SSH).
+    os.execv(VENV / "bin" / "jupyter", [str(VENV / "bin" / "jupyter"), "lab", str(ROOT / "notebooks"), *sys.argv[2:]])
+
+
 def browser() -> None:
     """Debian's headless Chromium for the browser test (Playwright drives it; its own download is blocked here)."""
     if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
@@ -71,7 +77,7 @@ def test() -> None:
 
 
 def main() -> None:
-    commands = {"app": app, "test": test, "install": lambda: None, "prepare": lambda: None}
+    commands = {"app": app, "test": test, "lab": lab, "install": lambda: None, "prepare": lambda: None}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python3 tasks.py {{{','.join(commands)}}}")
     install()
