@@ -20,9 +20,14 @@ class CliError(Exception):
     """An error whose message is shown to the user as is."""
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="smollm2",
-                   help="smollm2 (embedded), tiny (random test model), a local folder, or a Hugging Face model id")
+MODEL_HELP = "smollm2 (embedded), tiny (random test model), a local folder, or a Hugging Face model id"
+
+
+def _add_model_args(p: argparse.ArgumentParser, from_run: bool = False) -> None:
+    if from_run:  # None: the --run's own model (run.json), else smollm2; resolved by _model_name
+        p.add_argument("--model", help=MODEL_HELP + " (default: the model --run was trained on, else smollm2)")
+    else:
+        p.add_argument("--model", default="smollm2", help=MODEL_HELP)
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default: float32)")
 
@@ -57,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the summary")
 
     p = sub.add_parser("eval", help="zero-shot multiple-choice accuracy and held-out perplexity of a configuration")
-    _add_model_args(p)
+    _add_model_args(p, from_run=True)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--budget", type=float, help="evaluate the allocator's configuration at this many bits")
     which.add_argument("--config", type=Path, help="evaluate a configuration JSON written by `allocate --out`")
@@ -90,13 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Pareto search of the configuration set between epochs (bare --search: qLogEHVI; random / "
                         "frozen: the ablations; default off)")
     p.add_argument("--rounds", type=int, help="search rounds R; training is split into R + 1 epochs (default 3)")
-    p.add_argument("--segments", type=int, help="bit segments U of the training-set selection (default 40)")
+    p.add_argument("--segments", type=int, help="bit segments U of the training-set selection (default 10)")
     p.add_argument("--proposals", type=int, help="new configurations q per round (default 5)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
     p = sub.add_parser("export", help="write a packed, deployable quantized model folder for one configuration "
                                       "(with --run: and its adapter; --adapter-only: the peft adapter alone)")
-    _add_model_args(p)
+    _add_model_args(p, from_run=True)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--budget", type=float, help="the allocator's configuration at this many average bits")
     which.add_argument("--config", type=Path, help="a configuration JSON written by `allocate --out`")
@@ -167,7 +172,22 @@ def _compact(args) -> int:
 def _workbench(args):
     from .workbench import Workbench
 
-    return Workbench.load(args.model, device=args.device, dtype=DTYPES[args.dtype])
+    return Workbench.load(_model_name(args), device=args.device, dtype=DTYPES[args.dtype])
+
+
+def _model_name(args) -> str:
+    """``--model`` when given; else the model ``--run`` was trained on (its run.json); else smollm2."""
+    from .models import SMOLLM2, TINY, model_id
+    from .runs import read_run_info
+
+    if args.model is not None:
+        return args.model
+    if getattr(args, "run", None) is None:
+        return SMOLLM2
+    recorded = read_run_info(args.run).model_id
+    # run.json keeps the display name (models.model_id): map the embedded models' names back to what load takes;
+    # a folder's absolute path and a hub id load as they are.
+    return next((name for name in (SMOLLM2, TINY) if model_id(name) == recorded), recorded)
 
 
 def _allocate(args) -> int:

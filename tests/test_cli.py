@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,44 @@ def test_default_fisher_weighting_needs_prepared_text(cache):
     # command that prepares it.
     r = run("allocate", "--model", "tiny", "--budget", "3.0", cache=cache)
     assert r.returncode == 2 and "python -m coa_lora prepare" in r.stderr, r.stderr
+
+
+# ---- eval and export take the model a run was trained on ------------------------------------------------------------
+# In process (a subprocess would load torch again): the shipped tiny run was trained on "tiny", and without --model
+# both commands must load that model, not the smollm2 default (whose weights the run's checkpoint does not fit).
+TINY_RUN = Path(__file__).parent / "data" / "tiny_search_run"
+
+
+def test_eval_and_export_take_the_model_from_the_run(tmp_path, capsys):
+    from coa_lora import ModelConfig, Workbench, preset
+    from coa_lora.cli import main
+
+    task = tmp_path / "hand.jsonl"
+    task.write_text(json.dumps({"context": "The capital of France is", "choices": ["Paris", "Rome"], "gold": 0}) + "\n")
+    assert main(["eval", "--run", str(TINY_RUN), "--uniform", "nf3", "--tasks", str(task), "--no-cache",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "tiny-llama" and out["adapter"] is not None and out["results"][str(task)]["n"] == 1
+
+    config = tmp_path / "cfg.json"
+    config.write_text(ModelConfig.uniform(Workbench.load("tiny").layout, preset("nf3")).to_json())
+    assert main(["export", "--run", str(TINY_RUN), "--config", str(config), "--adapter-only",
+                 "--out", str(tmp_path / "peft")]) == 0
+    assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("recorded, given, name", [
+    ("SmolLM2-135M-Instruct", None, "smollm2"),  # the embedded models' display names map back to their load names
+    ("tiny-llama", None, "tiny"),
+    ("/models/my-llama", None, "/models/my-llama"),  # a folder or hub id loads as recorded
+    ("tiny-llama", "smollm2", "smollm2"),  # an explicit --model wins (load_trained then refuses a mismatch)
+])
+def test_the_model_name_comes_from_the_run_unless_given(tmp_path, recorded, given, name):
+    from argparse import Namespace
+
+    from coa_lora.cli import _model_name
+    from coa_lora.runs import RunInfo, write_run_info
+
+    write_run_info(tmp_path, RunInfo(recorded, "0" * 64, "coa", {}, 0, {}))
+    assert _model_name(Namespace(model=given, run=tmp_path)) == name
+    assert _model_name(Namespace(model=None, run=None)) == "smollm2"
