@@ -1,13 +1,12 @@
 """Log-likelihood of continuations given contexts, as lm-evaluation-harness computes it, but faster (METHOD.md §8).
 
 The harness runs one forward pass over ``context + continuation`` for every choice of every item and takes a
-log-softmax over the whole vocabulary at every position. Here each distinct context runs once, its key/value cache
-is reused by all of its continuations, and logits are only formed where a continuation token is predicted:
-
-1. Contexts (deduplicated, sorted by length, left-padded) run with ``use_cache=True`` and ``logits_to_keep=1``: the
-   last position predicts every continuation's first token.
-2. Continuations longer than one token run on the cache gathered per continuation row, their positions continuing
-   from their own context's length (so left padding changes nothing but floating-point rounding).
+log-softmax over the whole vocabulary at every position. Here the requests of each context are merged into a
+prefix tree and packed into rows (:mod:`coa_lora.token_tree`): every distinct token prefix runs once, each node
+attending to its ancestors through a 4D attention mask at position = its depth, and logits are only formed at
+nodes that predict a continuation token. That one mechanism is fast on both common task shapes: long shared
+contexts with short continuations (the context runs once for all choices) and short or empty contexts with long
+continuations (no per-choice cache copies, no padding inside a row, one forward for many items).
 
 Tokenization follows the harness exactly (:func:`encode_pair`), so the numbers are the harness's up to rounding
 (about 1e-5 in log-probability on float32).
@@ -20,6 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .progress import ProgressFn, report
+from .token_tree import Row, ancestor_mask, pack_rows
 
 Tokens = tuple[int, ...]
 StopFn = Callable[[], bool]
@@ -33,14 +33,15 @@ class EvaluationCancelled(RuntimeError):
 class ScoringOptions:
     """Batch sizes of the scorer. Results do not depend on them beyond floating-point rounding."""
 
-    # Padded tokens per forward pass: bounds activation memory; larger batches amortise per-call overhead.
-    batch_tokens: int = 2048
-    # Context tokens of the cache gathered for continuation rows (one copy per row): bounds key/value memory
-    # (SmolLM2 holds 46 KB per cached token, so 8192 tokens is about 380 MB).
-    cache_tokens: int = 8192
+    # Padded tokens per forward pass: bounds activation memory (and the logits, up to batch_tokens x vocabulary
+    # floats: 200 MB for SmolLM2 at 1024); larger batches amortise per-call overhead.
+    batch_tokens: int = 1024
+    # Nodes per packed row (a context's whole tree may exceed it): attention under the tree mask costs row length
+    # squared, so short rows waste little on masked-out pairs while still holding several items each.
+    row_tokens: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("batch_tokens", "cache_tokens"):
+        for name in ("batch_tokens", "row_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"ScoringOptions.{name} must be a positive integer, got {getattr(self, name)!r}.")
 
@@ -104,7 +105,8 @@ def continuation_logprobs(
     """Summed log-probability of each continuation given its context.
 
     Args:
-        model: a causal LM (transformers, supporting ``cache``/``logits_to_keep``), in eval mode.
+        model: a causal LM (transformers, accepting a 4D ``attention_mask``, ``position_ids`` and a boolean
+            ``logits_to_keep``), in eval mode.
         requests: ``(context_ids, continuation_ids)`` pairs, both non-empty, as from :func:`encode_pair`.
         options: batch sizes.
         progress: called with ``(requests scored, len(requests), "")`` after each batch.
@@ -116,96 +118,62 @@ def continuation_logprobs(
     for i, (ctx, cont) in enumerate(requests):
         if not ctx or not cont:
             raise ValueError(f"Request {i} has an empty context or continuation after tokenization.")
-    groups: dict[Tokens, list[int]] = {}
-    for i, (ctx, _) in enumerate(requests):
-        groups.setdefault(ctx, []).append(i)
-    # Longest first, like the harness: memory peaks on the first batch, and similar lengths share a batch.
-    contexts = sorted(groups, key=lambda c: (-len(c), c))
+    rows = pack_rows(requests, options.row_tokens)
     out = [0.0] * len(requests)
     done = 0
-    for batch in _batches(contexts, groups, requests, options):
+    for batch in _batches(rows, options.batch_tokens):
         if should_stop is not None and should_stop():
             raise EvaluationCancelled("Evaluation cancelled.")
-        rows = [(i, b) for b, ctx in enumerate(batch) for i in groups[ctx]]
-        for (i, _), value in zip(rows, _score_batch(model, batch, [requests[i][1] for i, _ in rows],
-                                                   [b for _, b in rows])):
-            out[i] = value
-        done += len(rows)
+        for request, value in _score_rows(model, batch).items():
+            out[request] = value
+        done += sum(len(row.requests) for row in batch)
         report(progress, done, len(requests), "")
     return out
 
 
-def _batches(contexts, groups, requests, options: ScoringOptions):
-    """Consecutive runs of ``contexts`` whose padded sizes fit the budgets (a run holds at least one context)."""
-    batch: list[Tokens] = []
-    ctx_len = cont_len = n_rows = 0
-    for ctx in contexts:
-        rows = len(groups[ctx])
-        longest = max(len(requests[i][1]) for i in groups[ctx]) - 1
-        new_ctx, new_cont, new_rows = max(ctx_len, len(ctx)), max(cont_len, longest), n_rows + rows
-        fits = (new_ctx * (len(batch) + 1) <= options.batch_tokens
-                and new_cont * new_rows <= options.batch_tokens
-                and (new_cont == 0 or new_ctx * new_rows <= options.cache_tokens))
-        if batch and not fits:
+def _batches(rows: list[Row], batch_tokens: int):
+    """Consecutive runs of ``rows`` (longest first) whose padded size fits ``batch_tokens`` (at least one row)."""
+    batch: list[Row] = []
+    for row in rows:
+        if batch and len(batch[0].tokens) * (len(batch) + 1) > batch_tokens:
             yield batch
-            batch, new_ctx, new_cont, new_rows = [], len(ctx), longest, rows
-        batch.append(ctx)
-        ctx_len, cont_len, n_rows = new_ctx, new_cont, new_rows
+            batch = []
+        batch.append(row)
     if batch:
         yield batch
 
 
-def _score_batch(model, contexts: list[Tokens], continuations: list[Tokens], owner: list[int]) -> list[float]:
-    """Scores of ``continuations[r]`` given ``contexts[owner[r]]``; see the module docstring for the two passes."""
+def _score_rows(model, rows: list[Row]) -> dict[int, float]:
+    """``{request: summed log-probability}`` of every request in ``rows``, from one forward pass."""
     device = next(model.parameters()).device
-    n_ctx, width = len(contexts), max(len(c) for c in contexts)
-    ids = torch.zeros(n_ctx, width, dtype=torch.long)
-    mask = torch.zeros(n_ctx, width, dtype=torch.long)
-    for b, ctx in enumerate(contexts):  # left padding: every context ends at the last column
-        ids[b, width - len(ctx):] = torch.tensor(ctx)
-        mask[b, width - len(ctx):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    need_cache = any(len(c) > 1 for c in continuations)
-    first = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=need_cache, logits_to_keep=1)
-    owner_t = torch.tensor(owner, device=device)
-    first_tokens = torch.tensor([c[0] for c in continuations], device=device)
-    scores = _token_logprobs(first.logits[:, -1][owner_t], first_tokens)  # (rows,)
-    if not need_cache:
-        return scores.tolist()
-
-    rows = [r for r, c in enumerate(continuations) if len(c) > 1]
-    rows_t = torch.tensor(rows, device=device)
-    length = max(len(continuations[r]) for r in rows) - 1
-    cont_ids = torch.zeros(len(rows), length, dtype=torch.long)
-    cont_mask = torch.zeros(len(rows), length, dtype=torch.long)
-    targets = torch.zeros(len(rows), length, dtype=torch.long)
-    for k, r in enumerate(rows):  # right padding: the cache's columns stay aligned
-        cont = continuations[r]
-        cont_ids[k, :len(cont) - 1] = torch.tensor(cont[:-1])
-        cont_mask[k, :len(cont) - 1] = 1
-        targets[k, :len(cont) - 1] = torch.tensor(cont[1:])
-    cont_ids, cont_mask, targets = cont_ids.to(device), cont_mask.to(device), targets.to(device)
-    row_owner = owner_t[rows_t]
-    cache = _gather_cache(first.cache, row_owner, model.config)
-    full_mask = torch.cat([mask[row_owner], cont_mask], dim=1)
-    cont_positions = mask[row_owner].sum(-1, keepdim=True) + torch.arange(length, device=device)
-    rest = model(input_ids=cont_ids, attention_mask=full_mask, position_ids=cont_positions, cache=cache,
-                 use_cache=True)
-    rest_scores = (_token_logprobs(rest.logits, targets) * cont_mask).sum(-1)  # (len(rows),)
-    scores[rows_t] += rest_scores
-    return scores.tolist()
-
-
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[target]`` in float32: ``(..., vocab)`` logits, ``(...)`` targets -> ``(...)``."""
+    dtype = model.get_input_embeddings().weight.dtype
+    width = len(rows[0].tokens)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    positions = torch.zeros(len(rows), width, dtype=torch.long)
+    allowed = torch.zeros(len(rows), 1, width, width, dtype=torch.bool)
+    keep = torch.zeros(len(rows), width, dtype=torch.bool)
+    nodes, tokens, owners = [], [], []
+    for b, row in enumerate(rows):
+        n = len(row.tokens)
+        ids[b, :n] = torch.tensor(row.tokens)
+        positions[b, :n] = torch.tensor(row.depths)
+        allowed[b, 0] = ancestor_mask(row.parents, width)
+        for node, token, request in row.targets:
+            keep[b, node] = True
+            nodes.append(b * width + node)
+            tokens.append(token)
+            owners.append(request)
+    # An additive float mask works with every attention implementation (eager adds it, SDPA takes it as is).
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                   logits_to_keep=keep.to(device), use_cache=False).logits  # (kept nodes, vocab)
+    # Row-major rank of each kept node among the kept ones = its row in ``logits``.
+    rank = keep.flatten().cumsum(0) - 1
+    index = rank[torch.tensor(nodes)].to(device)
     logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-
-
-def _gather_cache(cache, index: torch.Tensor, config):
-    """A new DynamicCache whose row ``r`` is row ``index[r]`` of ``cache`` (the source cache is left untouched)."""
-    from transformers import DynamicCache
-
-    data = [(layer.keys.index_select(0, index), layer.values.index_select(0, index)) for layer in cache.layers]
-    return DynamicCache(ddp_cache_data=data, config=config)
+    values = logits[index, torch.tensor(tokens, device=device)] - logits.logsumexp(-1)[index]
+    requests = sorted(set(owners))
+    slot = {r: k for k, r in enumerate(requests)}
+    sums = torch.zeros(len(requests), device=device).index_add_(
+        0, torch.tensor([slot[r] for r in owners], device=device), values)
+    return dict(zip(requests, sums.tolist()))

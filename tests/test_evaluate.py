@@ -1,5 +1,5 @@
-"""Scoring on the tiny model: harness tokenization, cached log-likelihoods against a plain forward, metrics, limits,
-progress and cancellation."""
+"""Scoring on the tiny model: harness tokenization, prefix-tree log-likelihoods against a plain forward, metrics,
+limits, progress and cancellation."""
 import math
 
 import pytest
@@ -73,9 +73,10 @@ def test_max_length_follows_the_model_config(model, tok):
 
 # ---- log-likelihoods ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("options", [ScoringOptions(), ScoringOptions(batch_tokens=8, cache_tokens=8),
-                                     ScoringOptions(batch_tokens=1, cache_tokens=1)])
-def test_cached_scoring_equals_one_forward_per_request(model, tok, options):
+@pytest.mark.parametrize("options", [ScoringOptions(), ScoringOptions(batch_tokens=8, row_tokens=8),
+                                     ScoringOptions(batch_tokens=64, row_tokens=4),
+                                     ScoringOptions(batch_tokens=1, row_tokens=1)])
+def test_tree_scoring_equals_one_forward_per_request(model, tok, options):
     requests = [encode_pair(tok, c, k) for item in TASK.items for c, k in item.requests()]
     assert len({ctx for ctx, _ in requests}) < len(requests)  # contexts are shared
     assert any(len(cont) == 1 for _, cont in requests) and any(len(cont) > 2 for _, cont in requests)
@@ -133,7 +134,7 @@ def test_too_long_items_name_the_row(model, tok):
 
 def test_progress_reaches_the_total_and_cancellation_stops(model, tok):
     calls = []
-    evaluate_task(model, tok, TASK, ScoringOptions(batch_tokens=8, cache_tokens=8),
+    evaluate_task(model, tok, TASK, ScoringOptions(batch_tokens=8, row_tokens=8),
                   progress=lambda done, total, msg: calls.append((done, total, msg)))
     n_choices = sum(len(i.choices) for i in TASK.items)
     assert len(calls) > 1 and calls[-1] == (n_choices, n_choices, "hand")
@@ -146,7 +147,7 @@ def test_progress_reaches_the_total_and_cancellation_stops(model, tok):
         return len(asked) > 2
 
     with pytest.raises(EvaluationCancelled):
-        evaluate_task(model, tok, TASK, ScoringOptions(batch_tokens=8, cache_tokens=8), should_stop=stop_after_two)
+        evaluate_task(model, tok, TASK, ScoringOptions(batch_tokens=8, row_tokens=8), should_stop=stop_after_two)
     assert len(asked) == 3
 
 

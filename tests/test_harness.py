@@ -18,6 +18,14 @@ TASK = Task("hand", (
     MCItem("Short ", ("yes", "no"), 1),
     MCItem("The capital of France is", ("Lyon", "Marseille", "Nice"), 2),
     MCItem("Two plus two is", ("four", "a number that is even", "5"), 0),
+    # The second shape: empty or short contexts with sentence-long choices, a choice repeated across items (the
+    # harness runs identical requests once, we share their whole tree path) and choices sharing their first words.
+    MCItem("", ("The child started crying because the child hurt their knee.",
+                "The child hurt their knee because the child started crying."), 0),
+    MCItem("Human: Can you help me?\nAssistant:", ("Sure, I am happy to help you with that today.",
+                                                  "No, go away and stop asking me things."), 0),
+    MCItem("Human: Can you help me?\nAssistant:", ("Sure, I am happy to help you with that today.",
+                                                  "Sure, but only if you pay me a lot of money first."), 1),
 ), "test")
 
 
