@@ -37,7 +37,14 @@ CANDIDATES = (
     "hyperbaton", "implicatures", "intent_recognition", "logical_fallacy_detection", "metaphor_boolean",
     "movie_recommendation", "navigate", "ruin_names", "social_iqa", "social_support", "sports_understanding",
     "strategyqa", "vitaminc_fact_verification", "winowhy",
+    # Second screen (issue 14): tasks whose answers are per-item texts, and the short-context shapes.
+    "unit_conversion/si_conversion", "unit_conversion/unit_identification", "arithmetic/2_digit_multiplication",
+    "arithmetic/3_digit_addition", "logical_deduction/five_objects", "elementary_math_qa/mathematical_hint_only",
+    "cause_and_effect/one_sentence_no_prompt", "hhh_alignment/harmless", "hhh_alignment/helpful",
+    "hhh_alignment/honest",
 )
+# File names of embedded subtasks (data/bigbench/<name>.json); other tasks keep their BIG-bench name.
+EMBEDDED_NAMES = {"unit_conversion/si_conversion": "unit_conversion_si"}
 BUDGET = 2.5
 HEADERS = {"fp": "full precision", "alloc2.5": "2.5 bits", "nf4": "NF4", "nf3": "NF3", "nf2": "NF2"}
 
@@ -136,7 +143,7 @@ def main() -> None:
     if args.write:
         for name in names:
             items, meta = loaded[name]
-            write_embedded(name, items[:args.limit], meta)
+            write_embedded(EMBEDDED_NAMES.get(name, name), items[:args.limit], {**meta, "name": name})
         alloc_bits = configs["alloc2.5"].avg_bits
         (EMBEDDED_DIR / "SELECTION.md").write_text(selection_markdown(table, labels, args.limit, alloc_bits))
     print(json.dumps({"stage": args.stage, "limit": args.limit, "table": table}))

@@ -1,7 +1,7 @@
 """Is a task's accuracy skill or label prior? Per embedded task: the model's answer counts, the gold counts and the
 best constant answer's accuracy, at full precision and (optionally) the allocator's configuration at --budget.
 
-    python bench/constant_answer.py [--tasks vitaminc_fact_verification] [--budget 2.5]
+    python bench/constant_answer.py [--tasks date_understanding,...] [--budget 2.5]
 
 Last line: one JSON object.
 """
@@ -13,12 +13,13 @@ import json
 
 from coa_lora import Evaluator, Workbench
 from coa_lora.evaluator import default_cache_dir
+from coa_lora.mc_tasks import embedded_tasks
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--tasks", default="vitaminc_fact_verification")
+    parser.add_argument("--tasks", help="comma-separated (default: every embedded task)")
     parser.add_argument("--budget", type=float, help="also under the allocator's configuration at this budget")
     args = parser.parse_args()
     wb = Workbench.load(args.model)
@@ -27,7 +28,7 @@ def main() -> None:
     if args.budget is not None:
         configs[f"{args.budget:g} bits"] = wb.allocate(args.budget).config
     out = {}
-    for task in args.tasks.split(","):
+    for task in args.tasks.split(",") if args.tasks else embedded_tasks():
         for label, config in configs.items():
             r = ev.run(task, config)
             answers = collections.Counter(i.choices[i.pred] for i in r.items)

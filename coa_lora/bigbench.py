@@ -8,8 +8,9 @@ A BIG-bench JSON task (``benchmark_tasks/<task>/task.json`` of the ``bigbench==1
 
 with the choices appended (``append_choices_to_input``, default true) in a ``numpy.random.RandomState(42)``
 permutation of their sorted texts. We keep that prompt with two whitespace changes that make it a harness context:
-leading whitespace is dropped, and so is the output prefix's trailing space (the harness's target delimiter " "
-supplies it; keeping both would score a double space). The gold choice is the first with the highest score.
+leading whitespace is dropped, and so is trailing whitespace, of the output prefix or of the input itself when the
+output prefix is empty (unit_conversion's "... is "): the harness's target delimiter " " supplies the space before
+the answer, and keeping both would score a double space. The gold choice is the first with the highest score.
 
 The embedded subsets in ``data/bigbench/`` were written by :func:`write_embedded` (see ``bench/bigbench_select.py``).
 """
@@ -38,9 +39,9 @@ def format_example(example: dict, task_data: dict, seed: int = RANDOM_SEED) -> M
         permuted = np.random.RandomState(seed=seed).permutation(sorted(choices))
         text = text + choice_prefix + choice_prefix.join(permuted)
     prompt = (str(task_data.get("task_prefix", "")) + task_data.get("example_input_prefix", "\nQ: ") + text
-              + task_data.get("example_output_prefix", "\nA: ").rstrip())
+              + task_data.get("example_output_prefix", "\nA: "))
     best = max(scores.values())
-    return MCItem(prompt.lstrip(), tuple(choices), choices.index(next(k for k, v in scores.items() if v == best)))
+    return MCItem(prompt.strip(), tuple(choices), choices.index(next(k for k, v in scores.items() if v == best)))
 
 
 def read_task(path: str | Path) -> tuple[list[MCItem], dict]:

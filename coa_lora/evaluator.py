@@ -38,7 +38,7 @@ from .storage import write_json
 
 PERPLEXITY_TASK = "ppl"
 # Bump when a change to scoring or windowing changes numbers: old disk entries then stop matching.
-SCORING_VERSION = 1
+SCORING_VERSION = 2  # 2: prefix-tree scorer (same numbers up to float rounding; recomputed to be safe)
 Result = Union[TaskResult, PerplexityResult]
 
 

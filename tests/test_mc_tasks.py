@@ -176,6 +176,16 @@ def test_bigbench_prompt_without_choices_and_first_top_score_wins():
     assert item.gold == 0
 
 
+def test_bigbench_prompt_ending_in_a_space_gets_one_space_before_the_answer():
+    # unit_conversion's format: empty output prefix, the input itself ends in "is "; the harness's delimiter adds the
+    # space, so the context must not keep its own (the continuation would start with two spaces).
+    example = {"input": "23.5 daN expressed in units of N is ", "target_scores": {"120.0 N.": 0, "235.0 N.": 1}}
+    item = format_example(example, {"append_choices_to_input": False, "example_input_prefix": "\n",
+                                    "example_output_prefix": "", "choice_prefix": ""})
+    assert item.context == "23.5 daN expressed in units of N is" and item.requests()[1][1] == " 235.0 N."
+    assert item.gold == 1
+
+
 def test_read_task_drops_duplicates_and_non_choice_examples(tmp_path):
     examples = [{"input": "a", "target_scores": {"x": 1, "y": 0}}, {"input": "a", "target_scores": {"x": 1, "y": 0}},
                 {"input": "b", "target": "free text"}, {"input": "c", "target_scores": {"x": 0, "y": 1}}]
