@@ -45,7 +45,32 @@ def render() -> None:
                    f"Last round: {int(last['n_pool'])} evaluated, {int(last['n_train'])} in the training set. "
                    f"{len(curves) - 1} other run(s) share this plane.")
         with st.expander("Rounds table"):
-            st.dataframe(view.rounds, hide_index=True)
+            st.dataframe(view.rounds.drop(columns=["gp"], errors="ignore"), hide_index=True)
+    _proposals(view)
+
+
+def _proposals(view) -> None:
+    proposals = view.proposals()
+    if proposals.empty:
+        return
+    st.subheader("Did the search know where it was going?")
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.plotly_chart(plots.prediction_figure(proposals, color="round",
+                                                title="Each proposal: the GP's prediction against its measured loss"),
+                        key="proposals")
+        st.caption("Points near the dashed line: the GP predicted the probe loss of configurations it had not seen "
+                   "(bars: ±2 sd). A proposal far above the line was a disappointment; far below, a surprise.")
+    with right:
+        st.dataframe(proposals.round(4), hide_index=True)
+        st.caption("distance_bits: how far (in average bits) each proposal landed from the nearest configuration "
+                   "evaluated before it; changed_matrices: how many matrices differ from the most similar one; "
+                   "candidate: where the proposal started (allocator grid, a perturbation of it, a recombination of "
+                   "two pool configurations, or a training-set member).")
+        gp = view.gp_hyperparameters()
+        if not gp.empty:
+            with st.expander("GP hyperparameters per round"):
+                st.dataframe(gp, hide_index=True)
 
 
 def _round_panel(folder: str, playing: bool) -> None:

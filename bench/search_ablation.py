@@ -5,9 +5,12 @@
     python -m coa_lora train $FLAGS --search frozen --out runs/abl_frozen
     python -m coa_lora train $FLAGS --search random --out runs/abl_random
     python bench/search_ablation.py --runs runs/abl_search,runs/abl_frozen,runs/abl_random [--html ablation.html]
+                                    [--ppl-budgets 2.5,3,3.5,4 --ppl-windows 2]
 
-The three runs share the seed, the initial set and therefore the hypervolume plane in run.json (checked), so their
-hypervolumes are comparable. ``hv_train``: the training set's front as measured by that round's adapter (re-measured
+Runs are grouped by seed; the runs of one seed share the initial set and therefore the hypervolume plane in run.json
+(checked), so their hypervolumes are comparable. With ``--ppl-budgets``, each run's adapter is also scored in
+held-out perplexity (the held-out plays, ``--ppl-windows`` 1024-token windows per play; text the probe never saw) at
+the allocator's configuration of each budget. ``hv_train``: the training set's front as measured by that round's adapter (re-measured
 at the start of the round); ``final``: the last epoch's set re-measured by the trained adapter. Round cost: fit +
 acquisition + evaluating the q proposals (the issue's definition), and with the re-measurement of the pool, each
 divided by the run's median training-step time. Last line: one JSON object.
@@ -32,7 +35,9 @@ def summarise(run: Path) -> dict:
     probe = metrics.dropna(subset=["probe_loss"]).iloc[-1]
     return {
         "run": str(run), "mode": info.hyper["search"], "plane": info.search_plane,
+        "seed": int(info.hyper["seed"]),
         "hv_pool": rounds["hv_pool"].round(4).tolist(), "hv_train": rounds["hv_train"].round(4).tolist(),
+        "hv_train_2.5": rounds["hv_train_2.5"].round(4).tolist() if "hv_train_2.5" in rounds else None,
         "n_pool": rounds["n_pool"].tolist(), "n_train": rounds["n_train"].tolist(),
         "final_probe": {k: round(float(v), 4) for k, v in probe.items() if str(k).startswith("probe_loss")},
         "seconds_step_median": step,
@@ -40,31 +45,79 @@ def summarise(run: Path) -> dict:
         "seconds_round_with_refresh": with_refresh.round(2).tolist(),
         "round_core_in_steps": (core / step).round(2).tolist(),
         "round_with_refresh_in_steps": (with_refresh / step).round(2).tolist(),
+        **proposals(read_search_tables(run)["pool"]),
     }
+
+
+def proposals(pool) -> dict:
+    """How far the proposals landed from the pool, and how well the GP predicted them (when logged)."""
+    new = pool[pool["source"] != "initial"]
+    if new.empty or "distance_bits" not in new:
+        return {}
+    out = {"distance_bits_median": round(float(new["distance_bits"].median()), 4),
+           "distance_bits_max": round(float(new["distance_bits"].max()), 4),
+           "changed_matrices_median": float(new["changed_matrices"].median())}
+    if "predicted_f1" in new and new["predicted_f1"].notna().any():
+        err = (new["predicted_f1"] - new["measured_f1"]).dropna()
+        out["gp_rmse"] = round(float((err ** 2).mean() ** 0.5), 4)
+        out["candidates"] = new["candidate"].value_counts().to_dict()
+    return out
+
+
+def perplexities(runs: list[Path], budgets: list[float], windows: int) -> dict:
+    """``{run: {budget: held-out perplexity}}`` of each run's adapter at the allocator's configuration per budget."""
+    from coa_lora import Evaluator, Workbench, load_trained
+
+    out = {}
+    for run in runs:
+        wb = Workbench.load(read_run_info(run).model_id.replace("SmolLM2-135M-Instruct", "smollm2"))
+        configs = {b: wb.grid_allocator().allocate(b).config for b in budgets}
+        coa, _, _ = load_trained(wb, run)
+        ev = Evaluator(wb)
+        out[str(run)] = {b: ev.run("ppl", configs[b], limit=windows, adapter=coa).perplexity for b in budgets}
+        print(f"  ppl {run}: " + ", ".join(f"{b:g}: {v:.2f}" for b, v in out[str(run)].items()), flush=True)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, help="comma-separated run folders trained with --search MODE")
     parser.add_argument("--html", type=Path, help="also write the hypervolume curves as an interactive plotly page")
+    parser.add_argument("--ppl-budgets", help="comma-separated budgets for held-out perplexity (e.g. 2.5,3,3.5,4)")
+    parser.add_argument("--ppl-windows", type=int, default=2, help="1024-token windows per held-out play")
     args = parser.parse_args()
     rows = [summarise(Path(r)) for r in args.runs.split(",")]
-    if len({json.dumps(r["plane"], sort_keys=True) for r in rows}) != 1:
-        raise SystemExit("These runs have different hypervolume planes (other initial sets): not comparable.")
-    for r in rows:
-        print(f"{r['mode']:>7s}  {r['run']}")
-        print(f"{'':>7s}  hv_train per round {r['hv_train']}  hv_pool {r['hv_pool']}  pool {r['n_pool']}")
+    for seed in sorted({r["seed"] for r in rows}):
+        if len({json.dumps(r["plane"], sort_keys=True) for r in rows if r["seed"] == seed}) != 1:
+            raise SystemExit(f"The seed-{seed} runs have different hypervolume planes (other initial sets): not "
+                             f"comparable.")
+    if args.ppl_budgets:
+        ppl = perplexities([Path(r["run"]) for r in rows], [float(b) for b in args.ppl_budgets.split(",")],
+                           args.ppl_windows)
+        for r in rows:
+            r["ppl"] = ppl[r["run"]]
+    for r in sorted(rows, key=lambda r: (r["seed"], r["mode"])):
+        print(f"seed {r['seed']} {r['mode']:>7s}  {r['run']}")
+        print(f"{'':>7s}  hv_train per round {r['hv_train']}  (≥ 2.5 bits {r['hv_train_2.5']})  hv_pool "
+              f"{r['hv_pool']}  pool {r['n_pool']}")
         print(f"{'':>7s}  final probe losses {r['final_probe']}")
         print(f"{'':>7s}  round (fit + acquisition + q evaluations) {r['seconds_round_core']} s = "
-              f"{r['round_core_in_steps']} steps of {r['seconds_step_median']:.1f} s; with the pool "
-              f"re-measurement {r['seconds_round_with_refresh']} s = {r['round_with_refresh_in_steps']} steps")
+              f"{r['round_core_in_steps']} steps of {r['seconds_step_median']:.1f} s; with the re-measurement "
+              f"{r['seconds_round_with_refresh']} s = {r['round_with_refresh_in_steps']} steps")
+        if "distance_bits_median" in r:
+            print(f"{'':>7s}  proposals: bits to nearest pool configuration median {r['distance_bits_median']} max "
+                  f"{r['distance_bits_max']}, changed matrices median {r['changed_matrices_median']}"
+                  + (f", GP rmse {r['gp_rmse']} ({r['candidates']})" if "gp_rmse" in r else ""))
+        if "ppl" in r:
+            print(f"{'':>7s}  held-out perplexity " + ", ".join(f"{b:g} bits {v:.2f}" for b, v in r["ppl"].items()))
     if args.html:
         import plotly.graph_objects as go
 
         fig = go.Figure()
         for r in rows:
-            fig.add_scatter(y=r["hv_train"], mode="lines+markers", name=f"{r['mode']} (training set)")
-            fig.add_scatter(y=r["hv_pool"], mode="lines", line={"dash": "dot"}, name=f"{r['mode']} (pool)")
+            name = f"{r['mode']} seed {r['seed']}"
+            fig.add_scatter(y=r["hv_train"], mode="lines+markers", name=f"{name} (training set)")
+            fig.add_scatter(y=r["hv_pool"], mode="lines", line={"dash": "dot"}, name=f"{name} (pool)")
         fig.update_layout(xaxis_title="round (0: initial set; last: final adapter)", yaxis_title="hypervolume")
         fig.write_html(args.html)
     print(json.dumps(rows))

@@ -97,6 +97,25 @@ class RunView:
         lo, hi = self.plane.bits_range
         return [lo + (hi - lo) * u / self.segments for u in range(self.segments + 1)]
 
+    def proposals(self) -> pd.DataFrame:
+        """One row per configuration the search proposed, as the round that proposed it saw it: ``id, round,
+        candidate, avg_bits, distance_bits, changed_matrices, predicted, predicted_sd, measured`` (empty for runs
+        logged before proposals carried their prediction, and for random / frozen runs)."""
+        cols = ["id", "round", "candidate", "avg_bits", "distance_bits", "changed_matrices", "predicted_f1",
+                "predicted_sd", "measured_f1"]
+        if self.pool.empty or "predicted_f1" not in self.pool:
+            return pd.DataFrame(columns=[c.replace("_f1", "") for c in cols])
+        rows = self.pool[self.pool["source"] == "search"][cols]
+        return rows.rename(columns={"predicted_f1": "predicted", "measured_f1": "measured"}).reset_index(drop=True)
+
+    def gp_hyperparameters(self) -> pd.DataFrame:
+        """One row per search round: the GP's fitted ``outputscale``, ``noise``, ``mean`` and ``lengthscale`` (a list;
+        in standardised outcome units), empty when the run logged none."""
+        if self.rounds.empty or "gp" not in self.rounds:
+            return pd.DataFrame()
+        rows = self.rounds.dropna(subset=["gp"])
+        return pd.DataFrame([{"round": int(r), **g} for r, g in zip(rows["round"], rows["gp"]) if isinstance(g, dict)])
+
     def searched_set(self, layout: ModelLayout) -> list[tuple[ModelConfig, float]]:
         """The training set after the last logged round, ``[(configuration, f1)]`` by ascending bits. Without search,
         empty (the configuration set of such a run is the allocator's, see ``configs.json``)."""

@@ -54,6 +54,9 @@ def test_app_starts_on_the_search_view_and_the_round_slider_changes_the_plotted_
     assert any("round 1 (search)" in t for t in titles), titles
     hv = [f for f in figures(at) if "Hypervolume" in f["layout"]["title"]["text"]]
     assert hv and len(hv[0]["data"][0]["text"]) == len(rounds)  # one point per round (text: its mode)
+    # Each proposal's GP prediction against its measured loss, one trace per search round (+ the y = x line).
+    pred = [f for f in figures(at) if "GP's prediction" in f["layout"]["title"]["text"]]
+    assert pred and sum(len(t["customdata"]) for t in pred[0]["data"][:-1]) == 10  # 2 rounds x 5 proposals
 
 
 def test_budget_slider_yields_a_configuration_within_the_budget():

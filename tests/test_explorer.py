@@ -68,6 +68,17 @@ def test_searched_configuration_is_the_least_probe_loss_within_the_budget():
         ex.searched_configuration(view, 2.0)
 
 
+def test_run_view_lists_each_proposal_with_its_prediction_and_the_gp_per_round():
+    view = open_run(TINY_RUN)
+    proposals = view.proposals()
+    assert len(proposals) == 10 and sorted(proposals["round"].unique()) == [1, 2]
+    assert proposals[["predicted", "predicted_sd", "measured", "distance_bits"]].notna().all().all()
+    pool = view.pool.set_index("id")
+    assert (proposals["measured"].values == pool.loc[proposals["id"], "measured_f1"].values).all()
+    gp = view.gp_hyperparameters()
+    assert gp["round"].tolist() == [1, 2] and (gp["noise"] > 0).all() and gp["lengthscale"].map(len).eq(5).all()
+
+
 def test_run_view_refuses_what_is_not_a_readable_run_of_this_model(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

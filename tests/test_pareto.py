@@ -63,6 +63,20 @@ def test_plane_from_points_by_hand():
     assert HypervolumePlane.from_dict(json.loads(json.dumps(plane.to_dict()))) == plane
 
 
+def test_plane_loss_axis_is_capped_at_twice_the_best_loss():
+    # The SmolLM2 initial set's shape: one collapsed configuration (19.1) and the rest in 3.5-4.9.
+    bits, loss = torch.tensor([2.5, 3.0, 4.0, 7.25]), torch.tensor([19.1, 4.9, 3.7, 3.5])
+    plane = HypervolumePlane.from_points(bits, loss)
+    assert plane.loss_range == pytest.approx((3.5, 7.0)) and plane.bits_range == (2.5, 7.25)
+    assert HypervolumePlane.from_points(bits, loss, loss_cap=None).loss_range == pytest.approx((3.5, 19.1))
+    # The collapsed point adds nothing until it comes within the reference; then it adds area.
+    assert plane.hypervolume(bits, loss) == pytest.approx(plane.hypervolume(bits[1:], loss[1:]))
+    assert plane.hypervolume(bits, torch.tensor([6.0, 4.9, 3.7, 3.5])) > plane.hypervolume(bits, loss)
+    # Below the cap nothing changes.
+    small = torch.tensor([4.0, 3.7, 3.5, 3.4])
+    assert HypervolumePlane.from_points(bits, small).loss_range == pytest.approx((3.4, 4.0))
+
+
 def test_plane_validation_and_degenerate_range():
     with pytest.raises(ValueError, match="high > low"):
         HypervolumePlane((3.0, 3.0), (0.0, 1.0))

@@ -175,9 +175,38 @@ def test_bad_updates_are_refused_and_change_nothing(problem):
     assert json.dumps(state.to_dict()) == before
 
 
+def test_refresh_of_the_training_set_moves_the_rest_by_the_shift_at_their_bits(problem):
+    layout, evaluate, initial = problem
+    state = SearchState.start(layout, initial, evaluate, FAST)
+    state.selected[:] = False
+    bits = state.bits
+    order = torch.argsort(bits)
+    lo, hi = int(order[0]), int(order[-1])
+    state.selected[[lo, hi]] = True
+    before = state.loss.clone()
+
+    def later(configs):  # the adapter after an epoch: every loss falls by 0.1 per bit
+        return [v - 0.1 * c.avg_bits for v, c in zip(evaluate(configs), configs)]
+
+    state.refresh(later, "train", for_round=1)
+    rows = state.pool
+    measured = [r["id"] for r in rows if not r["f1_estimated"]]
+    assert sorted(measured) == sorted([lo, hi]) and all(rows[i]["f1_round"] == 1 for i in measured)
+    # Linear in bits between the two measured ends, so the estimate is exact for this adapter.
+    assert torch.allclose(state.loss, before - 0.1 * bits, atol=1e-9)
+    assert all(r["f1_round"] == 0 for r in rows if r["f1_estimated"])
+    # limit: at most this many of the training set are measured, spread over bits (ends included).
+    state.selected[:] = True
+    state.refresh(later, "train", for_round=2, limit=3)
+    assert sum(not r["f1_estimated"] for r in rows) == 3
+    assert not rows[lo]["f1_estimated"] and not rows[hi]["f1_estimated"]
+
+
 @pytest.mark.parametrize("bad, message", [({"swaps": -1}, "swaps must be >= 0, got -1"),
                                           ({"max_neighbours": 0}, "max_neighbours must be >= 1 or None"),
-                                          ({"segments": 0}, "segments must be >= 1")])
+                                          ({"segments": 0}, "segments must be >= 1"),
+                                          ({"refresh_limit": 1}, "refresh_limit must be >= 2 or None"),
+                                          ({"empty_preference": 2.0}, "empty_preference must be in \\[0, 1\\]")])
 def test_search_settings_are_validated(bad, message):
     with pytest.raises(ValueError, match=message):
         SearchSettings(**bad)
