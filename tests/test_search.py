@@ -129,6 +129,10 @@ def test_search_beats_random_with_same_evaluations(problem):
     assert len(pool) == len(initial_unique(initial)) + 15 and pool["id"].is_unique
     assert len({tuple(o) for o in pool["options"]}) == len(pool)
     assert (pool.groupby("source").size().to_dict()) == {"initial": len(initial_unique(initial)), "search": 15}
+    lo, hi = searched.plane.bits_range  # proposals stay within the plane: below it a collapsed one wins on bits
+    proposed = pool[pool["source"] == "search"]
+    assert proposed["avg_bits"].between(lo - 5e-3, hi + 1e-9).all()
+    assert proposed[["predicted_f1", "predicted_sd", "distance_bits", "changed_matrices"]].notna().all().all()
     history = searched.history_frame()
     assert set(history.columns) >= {"round", "id", "source", "avg_bits", "f1", "segment", "selected"}
     last = history[history["round"] == 3]
