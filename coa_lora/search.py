@@ -1,8 +1,10 @@
 """Pareto-based configuration search (METHOD.md §6): which configurations the adapter trains on.
 
 Each round fits a GP to f1 (the adapter's loss under a configuration, measured on a fixed probe set) over every
-configuration evaluated so far, maximises qLogEHVI over (−loss, −bits) on the discrete option lattice, evaluates the
-q proposals for real, and re-selects the training set segment-wise (:func:`coa_lora.pareto.segment_select`).
+configuration evaluated so far, scores candidates that span the plane's bit range (:mod:`coa_lora.candidates`: the
+allocator's grid, perturbations, recombinations, training-set members) by qLogEHVI over (−loss, −bits), takes q of
+them in distinct bit segments (empty segments first), improves each by a local search inside its segment, evaluates
+the q proposals for real, and re-selects the training set segment-wise (:func:`coa_lora.pareto.segment_select`).
 
     state = SearchState.start(layout, initial_configs, evaluate, SearchSettings(segments=40, proposals=5))
     for _ in range(rounds):
@@ -68,9 +70,12 @@ class MarginalGP(Model):
         return GPyTorchPosterior(MultivariateNormal(mean, DiagLinearOperator(var.clamp_min(1e-12))))
 
 
-def fit_models(X: torch.Tensor, loss: torch.Tensor, layout: ModelLayout, settings: SearchSettings) -> ModelList:
-    """Two separate models over ``(..., N)`` option indices: a GP for −loss, the exact −bits (never learned)."""
-    gp = fit_surrogate(X.double(), -loss.double(), settings.encoding, seed=settings.seed)
+def fit_models(X: torch.Tensor, loss: torch.Tensor, layout: ModelLayout, settings: SearchSettings,
+               damage: torch.Tensor | None = None) -> ModelList:
+    """Two separate models over ``(..., N)`` option indices: a GP for −loss, the exact −bits (never learned).
+    ``damage``: the ``(N, 432)`` damage table, for the ``damage`` encoding."""
+    gp = fit_surrogate(X.double(), -loss.double(), settings.encoding, seed=settings.seed, damage=damage,
+                       numels=layout.numels)
     bits_model = GenericDeterministicModel(lambda Z: -avg_bits(Z, layout).unsqueeze(-1), num_outputs=1)
     return ModelList(MarginalGP(gp), bits_model)
 
@@ -174,8 +179,8 @@ def _choose(values: torch.Tensor, segment: torch.Tensor, used: set, occupied: se
     return int(torch.where(allowed, values, torch.tensor(float("-inf"), dtype=values.dtype)).argmax())
 
 
-def propose(state: SearchState, grid: torch.Tensor | None = None,
-            progress: ProgressFn | None = None) -> tuple[torch.Tensor, list[dict], dict]:
+def propose(state: SearchState, grid: torch.Tensor | None = None, progress: ProgressFn | None = None,
+            damage: torch.Tensor | None = None) -> tuple[torch.Tensor, list[dict], dict]:
     """q new configurations maximising qLogEHVI, each in its own bit segment, none equal to an evaluated one.
 
     All candidates of :func:`candidate_set` are scored in batched acquisition calls; the best one (empty segments
@@ -194,7 +199,7 @@ def propose(state: SearchState, grid: torch.Tensor | None = None,
     g = torch.Generator().manual_seed(s.seed + 1000 * state.round)
     t0 = time.perf_counter()
     X = state.X
-    models = fit_models(X, state.loss, state.layout, s)
+    models = fit_models(X, state.loss, state.layout, s, damage)
     t1 = time.perf_counter()
     Y = torch.stack([-state.loss, -avg_bits(X, state.layout)], dim=-1)
     ref = reference_point(Y, s.ref_margin)
@@ -270,10 +275,12 @@ def random_proposals(state: SearchState, n: int, allocate: Callable[[float], Mod
 
 def begin_round(state: SearchState, mode: str = "search",
                 allocate: Callable[[float], ModelConfig] | None = None,
-                progress: ProgressFn | None = None, grid: torch.Tensor | None = None) -> None:
+                progress: ProgressFn | None = None, grid: torch.Tensor | None = None,
+                damage: torch.Tensor | None = None) -> None:
     """Open the next round: propose (``search``: qLogEHVI over :func:`candidate_set`, with ``grid`` the allocator's
-    ``(G, N)`` configurations over the plane; ``random``: :func:`random_proposals`; ``frozen``: nothing) and park
-    the proposals in ``state.pending``, to be saved before any of them is evaluated."""
+    ``(G, N)`` configurations over the plane and ``damage`` the ``(N, 432)`` damage table the ``damage`` GP encoding
+    reads; ``random``: :func:`random_proposals`; ``frozen``: nothing) and park the proposals in ``state.pending``, to
+    be saved before any of them is evaluated."""
     if mode not in MODES:
         raise ValueError(f"Unknown search mode {mode!r}; choose one of {MODES}.")
     if state.round_open:
@@ -281,7 +288,7 @@ def begin_round(state: SearchState, mode: str = "search",
     state.round += 1
     timings = {"seconds_fit": 0.0, "seconds_acquisition": 0.0}
     if mode == "search":
-        X, info, timings = propose(state, grid, progress)
+        X, info, timings = propose(state, grid, progress, damage)
     else:
         X = random_proposals(state, state.settings.proposals, allocate) if mode == "random" else state.X[:0]
         info = [nearest(x, state.X, state.layout) for x in X]
@@ -324,13 +331,14 @@ def finish_round(state: SearchState, evaluate: Evaluate, checkpoint: Callable[[S
 def search_round(state: SearchState, evaluate: Evaluate, mode: str = "search",
                  allocate: Callable[[float], ModelConfig] | None = None,
                  checkpoint: Callable[[SearchState], None] | None = None,
-                 progress: ProgressFn | None = None, grid: torch.Tensor | None = None) -> dict:
+                 progress: ProgressFn | None = None, grid: torch.Tensor | None = None,
+                 damage: torch.Tensor | None = None) -> dict:
     """One whole round: :func:`begin_round` then :func:`finish_round`.
 
     Returns:
         The round's row of ``state.rounds``.
     """
-    begin_round(state, mode, allocate, progress, grid)
+    begin_round(state, mode, allocate, progress, grid, damage)
     if checkpoint is not None:
         checkpoint(state)
     return finish_round(state, evaluate, checkpoint, progress)

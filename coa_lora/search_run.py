@@ -131,8 +131,9 @@ class RunSearch:
             state.refresh(self.f1, "train", for_round=state.round + 1, limit=self.settings.refresh_limit)
             seconds_refresh = time.perf_counter() - t0
             with _threads(1):
-                begin_round(state, self.mode, self._allocate, progress,
-                            self.grid() if self.mode == "search" else None)
+                search = self.mode == "search"
+                begin_round(state, self.mode, self._allocate, progress, self.grid() if search else None,
+                            self.wb.damage_table().for_layout(self.wb.layout).values if search else None)
             state.pending_timings["seconds_refresh"] = seconds_refresh
             self.save(state)
         finish_round(state, self.f1, self.save, progress)

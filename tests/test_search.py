@@ -115,7 +115,8 @@ def test_search_beats_random_with_same_evaluations(problem):
         state = SearchState.start(layout, initial, evaluate, FAST)
         grid = allocator_grid(allocate, state.plane.bits_range, 0.25) if grid is None else grid
         for _ in range(3):
-            search_round(state, evaluate, mode, allocate=allocate, grid=grid)
+            search_round(state, evaluate, mode, allocate=allocate, grid=grid,
+                         damage=wb.damage_table().for_layout(layout).values)
         hv[mode] = [r["hv_pool"] for r in state.rounds]
         if mode == "search":
             searched = state
