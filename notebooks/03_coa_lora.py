@@ -85,11 +85,12 @@ plots.training_figure(tiny_view.metrics, tiny_view.label).show()
 # probe losses, on fixed held-out windows under the lowest-, middle- and highest-bit configurations of the set, fall
 # together, each at its own level: one adapter, several configurations.
 #
-# The real run on SmolLM2 is one command (the reference run in `data/reference/coa_search` was made with it; the
-# default 60 steps take about 15 minutes on 2 CPU cores, and `--search` adds its rounds, see notebook 4):
+# The real run on SmolLM2 is one command (the reference run in `data/reference/coa_search` was made with it; its
+# run.json records the steps, rounds and seed it used, and notebook 4 prints them; the default 60 steps take about
+# 15 minutes on 2 CPU cores, and `--search` adds its rounds, see notebook 4):
 #
 # ```bash
-# python -m coa_lora train --model smollm2 --method coa --search --steps 24 --out runs/ref_coa_search
+# python -m coa_lora train --model smollm2 --method coa --search --out runs/ref_coa_search
 # ```
 #
 # ## 2. What U_θ sees
@@ -108,9 +109,10 @@ pd.DataFrame(features.numpy(), columns=["b", "b0", "s", "B0", "B1", "block", "ki
 # %% [markdown]
 # ## 3. What U_θ changes: the SmolLM2 reference run
 #
-# The shipped reference run trained the adapter and U_θ for 24 steps on SmolLM2. Load it, and for configurations
-# at a few budgets compare held-out perplexity three ways: the quantized base alone, the adapter with U = 0 (a plain
-# shared LoRA made of the same A and B), and the adapter with its configuration-aware I + U.
+# The shipped reference run trained the adapter and U_θ on SmolLM2 (for the steps its run.json records). Load it,
+# and for configurations at a few budgets compare held-out perplexity three ways: the quantized base alone, the
+# adapter with U = 0 (a plain shared LoRA made of the same A and B), and the adapter with its configuration-aware
+# I + U.
 
 # %%
 wb = Workbench.load("smollm2")
@@ -142,9 +144,9 @@ results.pivot(index="budget", columns="column", values="value").style.format("{:
 
 # %% [markdown]
 # **Notice:** the adapter lowers perplexity well below the quantized base at every budget. The two adapter lines
-# show what the configuration-aware correction adds on top of the shared A and B: on the shipped 24-step run, when
-# this was written, the two were within a few percent of each other (U = 0 slightly ahead), so most of the gain came
-# from A and B; one short window per play is noisy, so raise `PPL_WINDOWS` before concluding
+# show what the configuration-aware correction adds on top of the shared A and B: on an earlier 24-step reference
+# run the two were within a few percent of each other (U = 0 slightly ahead), so most of the gain came from A and B;
+# how far apart are they on this run? One short window per play is noisy, so raise `PPL_WINDOWS` before concluding
 # (`bench/config_dependence.py` measures the same with longer windows). Where does U act? The size of each matrix's
 # correction at the first budget:
 

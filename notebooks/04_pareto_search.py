@@ -22,16 +22,18 @@
 # improvement (EHVI) picks the most promising, they are measured for real, and a segment-wise Pareto selection keeps
 # the best configurations of every bit range as the next training set.
 #
-# This notebook replays the search of the shipped reference run (`data/reference/coa_search`: SmolLM2, 24 steps,
-# 3 rounds) round by round from its log, refits its Gaussian process to see what it predicted, and recomputes its
-# hypervolumes. It needs no model: everything comes from the run's tables.
+# This notebook replays the search of the shipped reference run (`data/reference/coa_search`, on SmolLM2; its steps,
+# rounds and segments are read from its run.json below) round by round from its log, shows what its Gaussian process
+# predicted (logged with each proposal, or refitted from the log for runs that predate that), and recomputes its
+# hypervolumes. It trains nothing: everything comes from the run's tables, plus SmolLM2's damage table for the GP's
+# encoding.
 #
-# **Run time** with the defaults: about 20 s on 2 CPU cores.
+# **Run time** with the defaults: about 30 s on 2 CPU cores (10 s of it loading SmolLM2).
 
 # %% tags=["parameters"]
-# Parameters. COMPARE_ENCODINGS cross-validates the four GP encodings on the run's pool (about 20 s more).
+# Parameters. COMPARE_ENCODINGS cross-validates the five GP encodings on the run's pool (about 30 s more).
 RUN = "data/reference/coa_search"  # relative to the repository root, or any run folder trained with --search
-REPLAY_ROUND = 1  # the round whose acquisition is replayed in section 3
+REPLAY_ROUND = 1  # the round whose acquisition is replayed in section 2
 EHVI_SAMPLES = 64  # Monte-Carlo samples of the GP posterior per candidate
 COMPARE_ENCODINGS = False
 
@@ -41,28 +43,50 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from coa_lora import plots
+from coa_lora import Workbench, plots
 from coa_lora.pareto import non_dominated
 from coa_lora.run_view import open_run
-from coa_lora.space import ALL_OPTIONS, FIELD_VALUES
+from coa_lora.space import FIELD_VALUES
 from coa_lora.surrogate import DEFAULT_ENCODING, compare_encodings, encoding_transform, fit_surrogate
 
 ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "data" / "reference").is_dir())
-view = open_run(ROOT / RUN if not Path(RUN).is_absolute() else RUN)  # the tables the explorer reads, as frames
+wb = Workbench.load("smollm2")
+damage = wb.damage_table().for_layout(wb.layout).values  # (N, 432): each matrix's damage under each option
+numels = wb.layout.numels
+view = open_run(ROOT / RUN if not Path(RUN).is_absolute() else RUN, weight_hash=wb.weight_hash)
 assert view.has_search, f"{RUN} has no search log: train it with --search."
 rounds, modes = view.round_numbers(), view.round_modes()
-print(f"{view.label}: {view.steps} steps, rounds {rounds} ({', '.join(modes[r] for r in rounds)}), "
-      f"{len(view.pool)} configurations evaluated")
+hyper = view.info.hyper
+
+
+def run_encoding() -> str:
+    """The GP encoding the run searched with: run.json's, else told by how many lengthscales its GP logged, else
+    "field" (runs logged before the GP's hyperparameters were, when "field" was the default)."""
+    if "encoding" in hyper:
+        return str(hyper["encoding"])
+    gp_log = view.gp_hyperparameters()
+    if gp_log.empty or "lengthscale" not in gp_log:
+        return "field"
+    return {2: "damage", len(FIELD_VALUES): "field"}.get(len(gp_log["lengthscale"].iloc[0]), DEFAULT_ENCODING)
+
+
+ENCODING = run_encoding()
+print(f"{view.label}: {view.steps} steps, {hyper.get('rounds', '?')} search rounds of {hyper.get('proposals', '?')} "
+      f"proposals, {view.segments} bit segments, GP encoding {ENCODING!r} (today's default: {DEFAULT_ENCODING!r})")
+print(f"rounds logged {rounds} ({', '.join(modes.get(r, '') for r in rounds)}), {len(view.pool)} configurations "
+      f"evaluated")
 known = {"id", "round", "source", "avg_bits", "f1", "f1_round", "options"}
 extra = sorted(set(view.pool.columns) - known)
 print("the pool also logs:", extra or "nothing more")
 view.rounds
 
 # %% [markdown]
-# The run's log is three tables: `pool` (one row per configuration: its options, bits and latest f1), `history` (one
-# row per configuration per round, as selected after that round) and `rounds` (hypervolumes and timings). A run
-# keeps its hypervolume in one fixed, normalised (bits, loss) plane, set from the initial configurations and stored
-# in run.json, so numbers are comparable across rounds:
+# The run's log is three tables: `pool` (one row per configuration: its options, bits and latest f1; a search
+# proposal also what the GP predicted for it, which kind of candidate it came from and how far it lies from the
+# pool), `history` (one row per configuration per round, as selected after that round) and `rounds` (hypervolumes,
+# timings and, for search rounds, the GP's hyperparameters). A run keeps its hypervolume in one fixed, normalised
+# (bits, loss) plane, set from the initial configurations and stored in run.json, so numbers are comparable across
+# rounds:
 
 # %%
 plane = view.plane
@@ -81,34 +105,52 @@ plots.search_figure(view.history_at(0), view.segment_edges(), plots.preset_bits(
 
 # %% [markdown]
 # **Notice:** round 0 is the allocator's configurations at evenly spaced budgets, each alone in its bit segment (the
-# faint dotted lines), so every one of them is selected (large, outlined). The lowest-bit configuration's loss is far
-# above the rest: near 2.5 bits the quantization damage is more than 24 steps of adapter training can repair.
+# faint dotted lines; with fewer segments than configurations, two may share one and only the better survives).
+# Is the lowest-bit configuration's loss far above the rest? Near 2.5 bits the quantization damage can be more than
+# a short training run repairs. Newer runs cap the plane's loss axis at twice the best initial loss (the square of
+# the best perplexity), so one collapsed configuration does not squeeze every difference that matters into the
+# bottom of the plane; the range printed above is this run's.
 #
 # ## 1. The Gaussian process and its encoding
 #
 # The GP models f1 as a function of a configuration: N option indices, one per target matrix (210 on SmolLM2). An
-# *encoding* turns each option into numbers the kernel compares. The default, `field`, maps every option to its five
-# field ordinals scaled to [0, 1] (5N features) and uses an RBF kernel with one lengthscale per field, shared by all
-# matrices: the data decide how much, say, the NF bits matter against the scale dtype.
+# *encoding* turns a configuration into the numbers the kernel compares. The default, `damage`, gives it just two:
+# the logarithm of the configuration's total damage under the allocator's (Fisher-weighted) damage table, Σ_i
+# D[i, option_i], and its average bits, each scaled to about [0, 1], with one RBF lengthscale each. The GP then
+# learns how the adapter's loss follows the allocator's own proxy: a configuration the proxy calls worse than the
+# allocator's answer at the same bits is predicted worse.
+#
+# Why not describe every option? The per-option encodings (`ordinal`, `field`, `categorical`: five field ordinals
+# per matrix) have 5N = 1,050 features, and a search has 10–25 measured points to fit them on. The choice was made on
+# real SmolLM2 search logs (`bench/gp_encodings.py`): fitted on the pool before a round, `damage` ranked that round's
+# proposals best (mean Spearman 0.92, the others 0.52–0.73) and had the least k-fold error. Here are the two features
+# of every configuration the run measured, against its f1 after the last round (one adapter, so comparable):
 
 # %%
-transform = encoding_transform(DEFAULT_ENCODING)
-first = torch.tensor(view.pool["options"].iloc[0][:3], dtype=torch.float64)
-features = transform.transform(first[None])[0].reshape(3, -1)
-pd.DataFrame(features.numpy(), columns=list(FIELD_VALUES)[: features.shape[1]],
-             index=[ALL_OPTIONS[int(k)].name for k in first]).rename_axis(f"{DEFAULT_ENCODING} encoding of 3 matrices")
+damage_transform = encoding_transform("damage", damage=damage, numels=numels)
+final = at_round(rounds[-1])
+with torch.no_grad():
+    features = damage_transform.transform(torch.tensor(final["options"].tolist(), dtype=torch.float64))
+encoded = final[["id", "source", "avg_bits", "f1"]].assign(
+    target=[f"configuration {i}" for i in final["id"]], log_damage=features[:, 0].numpy(), bits=features[:, 1].numpy())
+plots.target_scatter(encoded, "log_damage", "f1", color="source",
+                     title="What the damage encoding sees: f1 after the last round against scaled log damage").show()
+encoded.drop(columns="target").sort_values("avg_bits").head(8)
 
 # %% [markdown]
-# Round k's GP was fitted on every configuration evaluated before it, at the f1 re-measured for that round (the
-# adapter changed since they were first measured). Refit it from the log and ask it about the configurations the
-# round then proposed, *before* they were measured:
+# Round k's GP was fitted on every configuration evaluated before it, at the f1 re-measured (or, for configurations
+# outside the training set, estimated) for that round: the adapter changed since they were first measured. Each
+# proposal's log carries what that GP predicted for it before it was measured; for a run logged before proposals
+# carried their prediction, the GP is refitted from the log instead. The refit is also what section 2 asks:
 
 # %%
 def replay(r: int):
-    """Round r's GP (fitted on what the search knew) and its predictions for the configurations round r measured."""
+    """Round r's GP (fitted on what the search knew, with the run's encoding) and the configurations round r
+    measured."""
     state = at_round(r)
     known, new = state[state["first_round"] < r], state[state["first_round"] == r]
-    gp = fit_surrogate(torch.tensor(known["options"].tolist()), -torch.tensor(known["f1"].tolist()), DEFAULT_ENCODING)
+    gp = fit_surrogate(torch.tensor(known["options"].tolist()), -torch.tensor(known["f1"].tolist()), ENCODING,
+                       damage=damage, numels=numels)
     return gp, known, new
 
 
@@ -127,27 +169,36 @@ for r in search_rounds:
     mean, sd = predict(gp, new["options"])
     rows.append(pd.DataFrame({"round": r, "id": new["id"].values, "avg_bits": new["avg_bits"].values,
                               "measured": new["f1"].values, "predicted": mean.numpy(), "predicted_sd": sd.numpy()}))
-predictions = pd.concat(rows, ignore_index=True)
+refit = pd.concat(rows, ignore_index=True)
+proposals = view.proposals()
+if not proposals.empty:
+    predictions, source = proposals, "as logged when proposed"
+else:
+    predictions, source = refit, f"refitted from the log ({ENCODING} encoding)"
 plots.prediction_figure(predictions, color="round",
-                        title="The GP's predictions for each round's proposals, against their measured loss").show()
+                        title=f"The GP's predictions for each round's proposals, {source}, against their "
+                              f"measured loss").show()
+predictions.drop(columns=["options"], errors="ignore")
 
 # %% [markdown]
 # **Notice:** how close the points lie to the dashed line, and how wide the ±2 sd bars are. With ten to twenty
-# observations in a 1,050-dimensional input space the GP is uncertain about anything new, which is what lets
-# EHVI explore; its mean can still rank candidates usefully. The lengthscales it learned say which fields it found
-# to matter (a short lengthscale: f1 changes quickly along that field):
+# observations the GP is uncertain about anything new, which is what lets EHVI explore; what the acquisition needs
+# most is that its mean *ranks* candidates well. With the `damage` encoding the GP has two lengthscales to learn,
+# one for log damage and one for bits (a short lengthscale: f1 changes quickly along that feature); the run logs
+# them per round when it logged them at all:
 
 # %%
-kernel = fits[search_rounds[-1]][0].covar_module.base_kernel
-lengthscale = getattr(kernel, "lengthscale", None)
-if lengthscale is not None and lengthscale.numel() == len(FIELD_VALUES):
-    display(pd.Series(lengthscale.detach().reshape(-1).numpy(), index=list(FIELD_VALUES), name="lengthscale"))
+gp_log = view.gp_hyperparameters()
+if not gp_log.empty:
+    display(gp_log)
 else:
-    print(f"{DEFAULT_ENCODING} encoding: kernel {kernel.__class__.__name__}")
+    kernel = fits[search_rounds[-1]][0].covar_module.base_kernel
+    lengthscale = kernel.lengthscale.detach().reshape(-1).numpy()
+    names = {"damage": ["log damage", "bits"], "field": list(FIELD_VALUES)}.get(ENCODING, range(len(lengthscale)))
+    display(pd.Series(lengthscale, index=list(names)[: len(lengthscale)], name=f"refitted {ENCODING} lengthscale"))
 if COMPARE_ENCODINGS:
-    final = at_round(rounds[-1])
-    display(pd.DataFrame(compare_encodings(torch.tensor(final["options"].tolist()),
-                                           -torch.tensor(final["f1"].tolist()))))
+    display(pd.DataFrame(compare_encodings(torch.tensor(final["options"].tolist()), -torch.tensor(final["f1"].tolist()),
+                                           damage=damage, numels=numels)))
 
 # %% [markdown]
 # ## 2. Expected hypervolume improvement
@@ -191,15 +242,18 @@ candidates.sort_values("ehvi", ascending=False).head(8)
 # %% [markdown]
 # **Notice:** EHVI is high where the predicted loss lies below the front at that bit width *or* the uncertainty is
 # large enough that it might; a candidate predicted above the front still has some EHVI from the lower tail of its
-# distribution. The ±2 sd bars are wide because the GP standardises f1 over all observations, and the collapsed
-# lowest-bit configuration stretches that scale. The red crosses are what the candidates measured (at the end of the run, with a better-trained adapter, so
-# mostly lower than predicted).
+# distribution. The GP standardises f1 over all its observations, so one collapsed configuration with a far higher
+# loss widens every ±2 sd bar. The red crosses are what the candidates measured (at the end of the run, with a
+# better-trained adapter, so mostly lower than predicted).
 #
 # ## 3. Segments: replaying the rounds
 #
-# After each round the pool is split into `segments` equal bit ranges and each range keeps its own non-dominated
-# configurations. Keeping every range's front, not only the global front, keeps the adapter training at every budget.
-# Here is every round as the run logged it:
+# The search's candidates span the whole bit range: the allocator's configurations on a grid every 0.05 bits,
+# perturbations of them, recombinations of pool configurations and the training-set members themselves. It sends its
+# proposals to distinct bit segments (empty segments first), improves each by a local search inside its segment, and
+# keeps them inside the plane's bit range. After each round the pool is split into the run's segments (equal bit
+# ranges) and each range keeps its own non-dominated configurations. Keeping every range's front, not only the global
+# front, keeps the adapter training at every budget. Here is every round as the run logged it:
 
 # %% tags=["key-figure"]
 for r in rounds:
@@ -207,13 +261,17 @@ for r in rounds:
     plots.search_figure(history, view.segment_edges(), plots.preset_bits(), f"round {r} ({modes.get(r, '')})").show()
 
 # %%
+kinds = dict(zip(proposals["id"], proposals["candidate"])) if "candidate" in proposals else {}
 summary = []
 for r in rounds:
     state = at_round(r)
     new = state[state["first_round"] == r]
-    summary.append({"round": r, "mode": modes.get(r, ""), "new configurations": len(new),
-                    "their segments": sorted(set(new["segment"])), "training set": int(state["selected"].sum()),
-                    "segments in training set": state.loc[state["selected"], "segment"].nunique()})
+    row = {"round": r, "mode": modes.get(r, ""), "new configurations": len(new),
+           "their segments": sorted(set(new["segment"])), "training set": int(state["selected"].sum()),
+           "segments in training set": state.loc[state["selected"], "segment"].nunique()}
+    if kinds:
+        row["candidate kinds"] = sorted({kinds[i] for i in new["id"] if i in kinds})
+    summary.append(row)
 pd.DataFrame(summary)
 
 # %% [markdown]
@@ -236,14 +294,16 @@ for r in rounds:
                   "recomputed": plane.hypervolume(chosen["avg_bits"].tolist(), chosen["f1"].tolist())})
 check = pd.DataFrame(check)
 assert (check["logged"] - check["recomputed"]).abs().max() < 1e-9
+if "hv_train_2.5" in view.rounds:  # newer runs: the training set restricted to >= 2.5 bits, too
+    check = check.merge(view.rounds[["round", "hv_train_2.5"]], on="round")
 plots.hypervolume_figure({view.label: view.rounds}).show()
 check
 
 # %% [markdown]
-# **Notice:** the hypervolume rises in every round, but for two reasons at once: the adapter keeps training (every
-# configuration's loss falls, which the re-measured f1 shows) and the search adds configurations. The pool line
-# equals the training-set line when every non-dominated configuration is also selected. The try-this below separates
-# the two reasons.
+# **Notice:** the hypervolume changes for two reasons at once: the adapter keeps training (every configuration's
+# loss falls, which the re-measured f1 shows) and the search adds configurations. The pool line equals the
+# training-set line when every non-dominated configuration is also selected. The try-this below separates the two
+# reasons.
 #
 # ## Try this
 #
