@@ -64,17 +64,18 @@ def proposals(pool) -> dict:
     return out
 
 
-def perplexities(runs: list[Path], budgets: list[float], windows: int) -> dict:
+def perplexities(runs: list[Path], budgets: list[float], windows: int, model: str) -> dict:
     """``{run: {budget: held-out perplexity}}`` of each run's adapter at the allocator's configuration per budget."""
     from coa_lora import Evaluator, Workbench, load_trained
 
     out = {}
+    wb = Workbench.load(model)  # one model: each run's adapter is wrapped around it in turn, then removed, so the
+    ev = Evaluator(wb)          # quantized bases (the same configurations for every run) are built once
+    configs = {b: wb.grid_allocator().allocate(b).config for b in budgets}
     for run in runs:
-        wb = Workbench.load(read_run_info(run).model_id.replace("SmolLM2-135M-Instruct", "smollm2"))
-        configs = {b: wb.grid_allocator().allocate(b).config for b in budgets}
         coa, _, _ = load_trained(wb, run)
-        ev = Evaluator(wb)
         out[str(run)] = {b: ev.run("ppl", configs[b], limit=windows, adapter=coa).perplexity for b in budgets}
+        coa.remove_()
         print(f"  ppl {run}: " + ", ".join(f"{b:g}: {v:.2f}" for b, v in out[str(run)].items()), flush=True)
     return out
 
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--html", type=Path, help="also write the hypervolume curves as an interactive plotly page")
     parser.add_argument("--ppl-budgets", help="comma-separated budgets for held-out perplexity (e.g. 2.5,3,3.5,4)")
     parser.add_argument("--ppl-windows", type=int, default=2, help="1024-token windows per held-out play")
+    parser.add_argument("--model", default="smollm2", help="the runs' model (for --ppl-budgets)")
     args = parser.parse_args()
     rows = [summarise(Path(r)) for r in args.runs.split(",")]
     for seed in sorted({r["seed"] for r in rows}):
@@ -93,7 +95,7 @@ def main() -> None:
                              f"comparable.")
     if args.ppl_budgets:
         ppl = perplexities([Path(r["run"]) for r in rows], [float(b) for b in args.ppl_budgets.split(",")],
-                           args.ppl_windows)
+                           args.ppl_windows, args.model)
         for r in rows:
             r["ppl"] = ppl[r["run"]]
     for r in sorted(rows, key=lambda r: (r["seed"], r["mode"])):
