@@ -167,8 +167,8 @@ def local_moves(x: torch.Tensor, layout_groups: Sequence[torch.Tensor], max_neig
 
 def allocator_grid(allocate: Callable[[float], ModelConfig], bits_range: tuple[float, float],
                    step: float) -> torch.Tensor:
-    """``(G, N)`` the distinct allocator configurations at budgets ``lo, lo + step, …, hi`` (neighbouring budgets often
-    share one configuration)."""
+    """``(G, N)`` the distinct allocator configurations at budgets ``lo, lo + step, …, hi`` (neighbouring budgets
+    often share one configuration)."""
     lo, hi = bits_range
     n = max(1, int((hi - lo) / step + 1e-9))
     seen: dict[tuple[int, ...], torch.Tensor] = {}

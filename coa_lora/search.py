@@ -37,7 +37,7 @@ from .candidates import STEPS, groups, local_moves, neighbours, perturbations, r
 from .config import ModelConfig, ModelLayout
 from .pareto import segment_ids
 from .progress import ProgressFn, report
-from .search_state import Evaluate, SearchSettings, SearchState, avg_bits, keys
+from .search_state import Evaluate, SearchSettings, SearchState, avg_bits, keys, within
 from .space import ALL_OPTIONS
 from .surrogate import fit_surrogate, hyperparameters
 
@@ -161,9 +161,7 @@ def in_plane(X: torch.Tensor, state: SearchState) -> torch.Tensor:
     """``(M,)`` bool: which of ``(M, N)`` configurations lie within the plane's bit range. Segments clamp points
     outside it into the end segments, where a configuration below the lowest initial budget wins its segment on bits
     alone: on SmolLM2 such proposals (2.3-2.4 bits) collapsed (probe loss ~21) and still entered the training set."""
-    lo, hi = state.plane.bits_range
-    bits = avg_bits(X, state.layout)
-    return (bits >= lo - 5e-3) & (bits <= hi + 1e-9)
+    return within(avg_bits(X, state.layout), state.plane.bits_range)
 
 
 def _choose(values: torch.Tensor, segment: torch.Tensor, used: set, occupied: set, preference: float) -> int | None:

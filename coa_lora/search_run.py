@@ -30,7 +30,7 @@ from .config import ModelConfig
 from .progress import ProgressFn, report
 from .runs import read_run_info, read_search, write_run_info, write_search
 from .search import MODES, begin_round, finish_round
-from .search_state import SearchSettings, SearchState
+from .search_state import SearchSettings, SearchState, within
 
 SEARCH_MODES = ("off",) + MODES
 LIVE_GRID_BUDGETS = 16  # grid intervals over the plane when no pre-solved allocation grid exists for the model
@@ -161,8 +161,7 @@ class RunSearch:
             allocator = self.wb.grid_allocator()
             if allocator.grid is not None:  # every pre-solved answer inside the plane: no solver call at all
                 grid = allocator.grid
-                inside = (grid.avg_bits >= lo - 5e-3) & (grid.avg_bits <= hi + 1e-9)
-                self._grid = torch.unique(grid.options[inside], dim=0)
+                self._grid = torch.unique(grid.options[within(grid.avg_bits, (lo, hi))], dim=0)
             else:  # solved live, 0.4-5 s a budget on SmolLM2: 17 budgets over the plane, not 96
                 step = max(self.settings.grid_step, (hi - lo) / LIVE_GRID_BUDGETS)
                 self._grid = allocator_grid(self._allocate, (lo, hi), step)
