@@ -134,6 +134,12 @@ class HypervolumePlane:
         hi = torch.tensor([self.bits_range[1], self.loss_range[1]], dtype=torch.float64)
         return (pts - lo) / (hi - lo)
 
+    def denormalise(self, points: torch.Tensor) -> torch.Tensor:
+        """``(..., 2)`` normalised (bits, loss) back in bits and loss: the inverse of :meth:`normalise`."""
+        lo = torch.tensor([self.bits_range[0], self.loss_range[0]], dtype=torch.float64)
+        hi = torch.tensor([self.bits_range[1], self.loss_range[1]], dtype=torch.float64)
+        return lo + points.double() * (hi - lo)
+
     def hypervolume(self, bits: torch.Tensor, loss: torch.Tensor) -> float:
         """Hypervolume of the ``(n,)`` points in this plane (at most ``(reference - min)²`` per axis span)."""
         ref = torch.full((2,), float(self.reference), dtype=torch.float64)

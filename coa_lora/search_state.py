@@ -51,7 +51,9 @@ class SearchSettings:
     # Training-set configurations re-measured before a round, at most (see SearchState.refresh): with 4 probe
     # windows one measurement costs ~1/6 of a training step on SmolLM2, so 12 + q = 5 proposals stay under 5 steps.
     refresh_limit: int | None = 12
-    ref_margin: float = 0.1  # reference point = worst observed value minus this fraction of the observed range
+    # The plane's reference corner lies this fraction of each axis's range beyond the initial set's worst point; the
+    # acquisition measures improvement against the same corner (search.reference_point).
+    ref_margin: float = 0.1
     chunk: int = 1024  # candidates per batched acquisition call (bounds memory)
     seed: int = 0
 

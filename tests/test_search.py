@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from botorch.utils.multi_objective.box_decompositions.non_dominated import FastNondominatedPartitioning
 
 from coa_lora.candidates import allocator_grid
 from coa_lora.config import ModelConfig
@@ -79,10 +80,24 @@ def test_avg_bits_matches_config(problem):
     assert torch.allclose(avg_bits(X, layout), torch.tensor([c.avg_bits for c in initial], dtype=torch.float64))
 
 
-def test_reference_point_is_dominated_by_every_observation():
-    Y = torch.tensor([[-1.0, -3.0], [-2.0, -2.0], [-3.0, -8.0]])
-    ref = reference_point(Y, 0.1)
-    assert torch.allclose(ref, torch.tensor([-3.2, -8.6])) and (Y > ref).all()
+def test_acquisition_reference_measures_the_plane_hypervolume():
+    # The acquisition's raw-unit front and reference must give the run's plane hypervolume (up to the axes' scale),
+    # so a point beyond the plane's loss cap promises nothing, however far the observed worst lies.
+    plane = HypervolumePlane((2.5, 7.0), (3.5, 7.0))
+    ref = reference_point(plane)
+    assert torch.allclose(-ref.flip(-1), plane.denormalise(torch.tensor([1.1, 1.1])))
+    bits = torch.tensor([2.5, 3.0, 4.0, 7.0], dtype=torch.float64)
+    loss = torch.tensor([15.0, 4.6, 3.9, 3.5], dtype=torch.float64)
+    scale = (7.0 - 2.5) * (7.0 - 3.5)
+
+    def raw_hv(b, l):
+        Y = torch.stack([-l, -b], dim=-1)
+        return float(FastNondominatedPartitioning(ref_point=ref, Y=Y).compute_hypervolume())
+
+    assert raw_hv(bits, loss) / scale == pytest.approx(plane.hypervolume(bits, loss), rel=1e-9)
+    beyond = raw_hv(torch.cat([bits, torch.tensor([2.7])]), torch.cat([loss, torch.tensor([8.5])]))
+    inside = raw_hv(torch.cat([bits, torch.tensor([2.7])]), torch.cat([loss, torch.tensor([6.0])]))
+    assert beyond == pytest.approx(raw_hv(bits, loss)) and inside > beyond
 
 
 def test_encodings_compared_by_held_out_quality(problem):
