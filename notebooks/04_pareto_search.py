@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -207,8 +209,9 @@ if COMPARE_ENCODINGS:
 # reference point: more area means a better front. A candidate's hypervolume improvement is the area it would add.
 # Its f1 is unknown, but the GP gives a distribution for it, so EHVI averages the improvement over that distribution.
 # Below, the average is taken by Monte Carlo with the run's own plane and `plane.hypervolume`. (The search itself
-# maximises BoTorch's `qLogEHVI`, the logarithm of a smoothed version of the same quantity, with its own reference
-# point just beyond the observed worst values.)
+# maximises BoTorch's `qLogEHVI`, the logarithm of a smoothed version of the same quantity, against the same plane's
+# reference corner: a configuration predicted beyond the plane's loss cap promises no area, exactly as it would add
+# none to the hypervolume the run reports.)
 
 # %%
 def ehvi(front_bits, front_loss, bits: float, mean: float, sd: float, generator) -> float:
