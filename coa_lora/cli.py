@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--steps", type=int, help="optimiser steps (default 60: about 15 minutes on SmolLM2, 2 CPU cores)")
     p.add_argument("--configs-per-step", type=int, help="configurations per step, k (default 2)")
+    p.add_argument("--draws", choices=["quasi", "random"], help="how a step picks its k configurations: quasi "
+                   "(default; evenly over the set's bit range across steps) or random (a uniform k-subset per step)")
     p.add_argument("--rank", type=int, help="LoRA rank r (default 8)")
     p.add_argument("--objective", choices=["lm", "kd"], help="lm: next-token loss; kd: distil the unquantized model")
     p.add_argument("--budgets", help="comma-separated bit budgets of the configuration set (qlora/lqlora: one); "
@@ -324,10 +326,11 @@ def _trained_adapter(wb, run: Path, config):
     return coa
 
 
-_TRAIN_FLAGS = {"method": "method", "steps": "steps", "configs_per_step": "configs_per_step", "rank": "rank",
-                "objective": "objective", "lr": "lr", "batch_size": "batch_size", "seq_length": "seq_length",
-                "seed": "seed", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every", "search": "search",
-                "rounds": "rounds", "segments": "segments", "proposals": "proposals"}
+_TRAIN_FLAGS = {"method": "method", "steps": "steps", "configs_per_step": "configs_per_step", "draws": "draws",
+                "rank": "rank", "objective": "objective", "lr": "lr", "batch_size": "batch_size",
+                "seq_length": "seq_length", "seed": "seed", "checkpoint_every": "checkpoint_every",
+                "eval_every": "eval_every", "search": "search", "rounds": "rounds", "segments": "segments",
+                "proposals": "proposals"}
 
 
 def _train(args) -> int:
@@ -350,7 +353,8 @@ def _train(args) -> int:
         if ranks.is_main:
             # A resume takes the saved options; flags given explicitly must agree with them (train() checks). A new
             # run takes one data-parallel replica per process.
-            base = read_run_info(args.out).hyper if args.resume else {"replicas": ranks.world_size}
+            base = (TrainOptions.saved(read_run_info(args.out).hyper).to_dict() if args.resume
+                    else {"replicas": ranks.world_size})
             options = TrainOptions.from_dict({**base, **given})
         if ranks.world_size > 1:  # rank 0 alone reads the run folder: the others train with its options
             options = TrainOptions.from_dict(ranks.broadcast_json(options.to_dict() if ranks.is_main else None))

@@ -49,6 +49,7 @@ from .step import accumulate_gradients, step_draws, step_gradients  # noqa: F401
 
 METHODS = ("coa", "shared", "qlora", "lqlora")
 OBJECTIVES = ("lm", "kd")
+DRAWS = ("quasi", "random")
 SINGLE_CONFIG_METHODS = ("qlora", "lqlora")
 LQ_ITERATIONS = 3  # alternations of SVD and quantization in the LQ-LoRA initialisation; LQ-LoRA reports few suffice
 
@@ -77,6 +78,9 @@ class TrainOptions:
     # (bench/train_step.py), so the default run with its allocation and probes takes about 15 minutes.
     steps: int = 60  # optimiser steps (per adapter for the per-configuration baselines)
     configs_per_step: int = 2  # k: the official code's value
+    # How a step picks its k configurations: "quasi" (coa_lora.step.quasi_draws: uniform per draw, evenly spread over
+    # the set's bit range across steps) or "random" (a uniform random k-subset each step, as runs before it did).
+    draws: str = "quasi"
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
@@ -113,6 +117,8 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"Unknown method {self.method!r}; choose one of {METHODS}.")
+        if self.draws not in DRAWS:
+            raise ValueError(f"Unknown configuration draws {self.draws!r}; choose one of {DRAWS}.")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"Unknown objective {self.objective!r}; choose one of {OBJECTIVES}.")
         positive = ("steps", "configs_per_step", "rank", "grad_accumulation", "batch_size", "seq_length",
@@ -153,6 +159,12 @@ class TrainOptions:
         if unknown:
             raise ValueError(f"Unknown training options {unknown}; known: {sorted(names)}.")
         return cls(**{**d, "budgets": tuple(d.get("budgets", even_budgets()))})
+
+    @classmethod
+    def saved(cls, d: Mapping) -> TrainOptions:
+        """The options of a run as its run.json holds them: an option added since takes the value runs made before
+        it had (``draws``: they drew their configurations uniformly at random), so they resume exactly."""
+        return cls.from_dict({"draws": "random", **d})
 
 
 def lr_at(step: int, options: TrainOptions) -> float:
@@ -230,7 +242,7 @@ def _prepare_folder(folder: Path, info: RunInfo, resume: bool) -> None:
         saved = read_run_info(folder)
         if saved.weight_hash != info.weight_hash:
             raise ValueError(f"Run {folder} was trained on a different model; resume it with that model.")
-        if TrainOptions.from_dict(saved.hyper).to_dict() != info.hyper or saved.method != info.method:
+        if TrainOptions.saved(saved.hyper).to_dict() != info.hyper or saved.method != info.method:
             raise ValueError(f"Run {folder} was started with other training options; resume it with the same ones.")
     elif exists:
         raise ValueError(f"Run folder {folder} already holds a run; pass resume=True (--resume) or another folder.")
@@ -276,8 +288,11 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
                    library_versions())
     if ranks.is_main:
         _prepare_folder(folder, info, resume)
-    configs = _from_main(ranks, wb.layout, training_configs(wb, folder, options.budgets, progress)
-                         if ranks.is_main else None)
+    # Quasi-random draws index the set in bits order (coa_lora.step.quasi_draws); "random" keeps the order runs
+    # made before it trained in, so they resume exactly.
+    order = bits_sorted if options.draws == "quasi" else list
+    configs = order(_from_main(ranks, wb.layout, training_configs(wb, folder, options.budgets, progress)
+                               if ranks.is_main else None))
     coa = build_adapter(wb, options)
     coa.set_config(configs[0])
     lq_bases = None
@@ -313,13 +328,13 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
         if ranks.is_main:
             search = RunSearch(wb, coa, activate, folder, options, probe, options.batch_size, progress)
             configs = search.open(configs)
-        configs = _from_main(ranks, wb.layout, configs)
+        configs = order(_from_main(ranks, wb.layout, configs))
 
     for step in range(start, options.steps):
         if search is not None and search.due(step):
-            configs = search.run_round(step)
+            configs = order(search.run_round(step))
         if step in round_at:
-            configs = _from_main(ranks, wb.layout, configs)
+            configs = order(_from_main(ranks, wb.layout, configs))
         t0 = time.perf_counter()
         draws = [step_draws(options, step, j, len(configs), len(pool)) for j in mine]
         for group in optimizer.param_groups:
@@ -350,6 +365,11 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
     return TrainResult(coa, configs, folder, options.steps)
 
 
+def bits_sorted(configs: list[ModelConfig]) -> list[ModelConfig]:
+    """``configs`` by average bits (ties by key): the order :func:`~coa_lora.step.quasi_draws` positions refer to."""
+    return sorted(configs, key=lambda c: (c.avg_bits, c.key()))
+
+
 def _from_main(ranks: distributed.Ranks, layout: ModelLayout, configs: list[ModelConfig] | None) -> list[ModelConfig]:
     """Rank 0's configuration set on every rank (sent as option indices: the other ranks read no run folder)."""
     if ranks.world_size == 1:
@@ -375,7 +395,7 @@ def load_trained(wb, folder: str | Path) -> tuple[CoALoRAModel, TrainOptions, li
     """Rebuild a run's trained adapter on ``wb`` (wrapped in place) from its last checkpoint, in eval mode."""
     folder = Path(folder)
     saved = read_run_info(folder)
-    options = TrainOptions.from_dict(saved.hyper)
+    options = TrainOptions.saved(saved.hyper)
     wb.qmodel.restore_()
     # Hashed once per workbench: the explorer calls this on every switch between runs' adapters.
     if wb.weight_hash != saved.weight_hash:

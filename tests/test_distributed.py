@@ -1,5 +1,6 @@
 """Data-parallel training on the tiny model: two real gloo processes under torchrun against one process, and a
 kill -9 of one rank followed by --resume."""
+import dataclasses
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import torch
 from coa_lora import Workbench
 from coa_lora.distributed import Ranks
 from coa_lora.runs import CHECKPOINT_FILE, read_metrics, read_run_info, read_search_tables
-from coa_lora.step import step_draws
+from coa_lora.step import quasi_draws, step_draws
 from coa_lora.storage import read_safetensors
 from coa_lora.train import TrainOptions, train
 
@@ -56,13 +57,16 @@ def test_replicas_split_over_ranks_in_contiguous_blocks():
 
 
 def test_replica_zero_draws_what_the_single_process_trainer_drew_and_others_draw_their_own():
-    o = TrainOptions(seed=3, batch_size=4, grad_accumulation=2, configs_per_step=2)
+    o = TrainOptions(seed=3, batch_size=4, grad_accumulation=2, configs_per_step=2, draws="random")
     g = torch.Generator().manual_seed(3 * 1_000_003 + 7)  # the trainer's (seed, step) stream, in its order
     chosen = torch.randperm(5, generator=g)[:2].tolist()
     rows = [torch.randint(100, (4,), generator=g) for _ in range(2)]
     dropout = int(torch.randint(2**62, (1,), generator=g))
     c0, r0, d0 = step_draws(o, 7, 0, 5, 100)
     assert (c0, d0) == (chosen, dropout) and all(torch.equal(a, b) for a, b in zip(r0, rows))
+    # Quasi-random configuration draws change which configurations, never the windows or the dropout seed.
+    q0, qr0, qd0 = step_draws(dataclasses.replace(o, draws="quasi"), 7, 0, 5, 100)
+    assert q0 == quasi_draws(3, 7, 2, 5) and qd0 == d0 and all(torch.equal(a, b) for a, b in zip(qr0, r0))
     c1, r1, d1 = step_draws(o, 7, 1, 5, 100)
     assert c1 == c0 and d1 != d0 and not any(torch.equal(a, b) for a, b in zip(r1, r0))
     again = step_draws(o, 7, 1, 5, 100)

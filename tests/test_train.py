@@ -192,3 +192,24 @@ def test_cli_export_writes_a_peft_adapter_equal_to_the_trained_model(tmp_path):
     peft_model = PeftModel.from_pretrained(base.model, str(tmp_path / "peft")).eval()
     with torch.no_grad():
         assert (peft_model(input_ids=ids).logits - coa.model(input_ids=ids).logits).abs().max() < 1e-4
+
+
+def test_quasi_draws_spread_every_stretch_of_steps_over_the_set():
+    from coa_lora.step import quasi_draws
+
+    for n, k in [(19, 2), (20, 2), (7, 3), (2, 2), (1, 2)]:
+        draws = [quasi_draws(5, step, k, n) for step in range(12)]
+        assert all(len(d) == len(set(d)) == min(k, n) and all(0 <= p < n for p in d) for d in draws)
+        counts = torch.bincount(torch.tensor([p for d in draws for p in d]), minlength=n)
+        # 12·k draws over n positions: each position as often as its share, give or take one (uniform random draws
+        # gave the lowest of 19 positions 1 to 5 of 24).
+        assert int(counts.max() - counts.min()) <= 2 and counts.sum() == 12 * min(k, n)
+    assert quasi_draws(5, 3, 2, 19) == quasi_draws(5, 3, 2, 19) != quasi_draws(6, 3, 2, 19)
+
+
+def test_runs_saved_before_draws_existed_resume_with_random_draws():
+    saved = {k: v for k, v in TrainOptions().to_dict().items() if k != "draws"}
+    assert TrainOptions.saved(saved).draws == "random" and TrainOptions.from_dict(saved).draws == "quasi"
+    assert TrainOptions().draws == "quasi"
+    with pytest.raises(ValueError, match="draws"):
+        TrainOptions(draws="sobol")
