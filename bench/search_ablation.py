@@ -45,12 +45,13 @@ def summarise(run: Path) -> dict:
         "seconds_round_with_refresh": with_refresh.round(2).tolist(),
         "round_core_in_steps": (core / step).round(2).tolist(),
         "round_with_refresh_in_steps": (with_refresh / step).round(2).tolist(),
-        **proposals(read_search_tables(run)["pool"]),
+        **proposals(read_search_tables(run)["pool"], info.search_plane),
     }
 
 
-def proposals(pool) -> dict:
-    """How far the proposals landed from the pool, and how well the GP predicted them (when logged)."""
+def proposals(pool, plane: dict) -> dict:
+    """How far the proposals landed from the pool, and how well the GP predicted them (when logged): measured f1
+    censored at the plane's reference loss, as the search's GP fits it (beyond it every value is worth the same)."""
     new = pool[pool["source"] != "initial"]
     if new.empty or "distance_bits" not in new:
         return {}
@@ -58,10 +59,32 @@ def proposals(pool) -> dict:
            "distance_bits_max": round(float(new["distance_bits"].max()), 4),
            "changed_matrices_median": float(new["changed_matrices"].median())}
     if "predicted_f1" in new and new["predicted_f1"].notna().any():
-        err = (new["predicted_f1"] - new["measured_f1"]).dropna()
+        lo, hi = plane["loss_range"]
+        err = (new["predicted_f1"] - new["measured_f1"].clip(upper=lo + plane["reference"] * (hi - lo))).dropna()
         out["gp_rmse"] = round(float((err ** 2).mean() ** 0.5), 4)
         out["candidates"] = new["candidate"].value_counts().to_dict()
     return out
+
+
+def verdicts(rows: list[dict]) -> None:
+    """Issue 12's acceptance per seed: final training-set hypervolume search ≥ random and > frozen; held-out
+    perplexity of search no worse than either at each budget (when measured)."""
+    by_seed = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], {})[r["mode"]] = r
+    print("\nper seed: final hv_train (search / random / frozen) and held-out perplexity (search / random / frozen)")
+    for seed, modes in sorted(by_seed.items()):
+        if not {"search", "random", "frozen"} <= set(modes):
+            continue
+        hv = {m: modes[m]["hv_train"][-1] for m in ("search", "random", "frozen")}
+        ok = hv["search"] >= hv["random"] and hv["search"] > hv["frozen"]
+        print(f"  seed {seed}: hv {hv['search']:.4f} / {hv['random']:.4f} / {hv['frozen']:.4f} "
+              f"(search − random {hv['search'] - hv['random']:+.4f}) {'met' if ok else 'NOT met'}")
+        if all("ppl" in modes[m] for m in ("search", "random", "frozen")):
+            for b, v in modes["search"]["ppl"].items():
+                others = [modes[m]["ppl"][b] for m in ("random", "frozen")]
+                print(f"    {b:g} bits: {v:.2f} / {others[0]:.2f} / {others[1]:.2f} "
+                      f"({'no worse' if v <= min(others) else f'worse by {100 * (v / min(others) - 1):.1f} %'})")
 
 
 def perplexities(runs: list[Path], budgets: list[float], windows: int, model: str) -> dict:
@@ -112,6 +135,7 @@ def main() -> None:
                   + (f", GP rmse {r['gp_rmse']} ({r['candidates']})" if "gp_rmse" in r else ""))
         if "ppl" in r:
             print(f"{'':>7s}  held-out perplexity " + ", ".join(f"{b:g} bits {v:.2f}" for b, v in r["ppl"].items()))
+    verdicts(rows)
     if args.html:
         import plotly.graph_objects as go
 
