@@ -219,7 +219,8 @@ class SearchState:
         """Re-measure f1 with the current adapter, so the GP, the selection and the hypervolumes compare losses of
         one adapter. ``which="pool"``: every configuration. ``which="train"``: the training set only; every other
         configuration's f1 moves by the change measured on the training set at its average bits (linear in bits
-        between re-measured configurations, flat beyond them) and is flagged ``f1_estimated``.
+        between re-measured configurations, flat beyond them; configurations beyond the plane's reference loss are
+        no anchors) and is flagged ``f1_estimated``.
 
         Why "train" is enough: between rounds the adapter's effect is a smooth function of bits. On the SmolLM2
         reference run (24 steps, 3 rounds), the change of f1 of configurations within 0.1 bits of each other agreed
@@ -247,7 +248,13 @@ class SearchState:
             r["f1"], r["f1_round"], r["f1_estimated"] = v, self.round if for_round is None else for_round, False
         rest = sorted(set(range(len(self.pool))) - set(ids))
         if rest and ids:
-            shift = shift_at(self.bits[rest], self.bits[ids], losses - before)
+            # A configuration beyond the plane's reference loss (collapsed) moves by amounts its neighbours never do
+            # (13.0 -> 8.3 at 2.5 bits while 3.03 bits moved by -0.2): interpolated, its change once put a 2.73-bit
+            # configuration at 2.95, far below every measured loss. Only usable configurations are anchors.
+            worst = float(self.plane.denormalise(torch.full((2,), float(self.plane.reference)))[1])
+            usable = torch.maximum(losses, before) <= worst
+            anchors = usable if bool(usable.any()) else torch.ones_like(usable)
+            shift = shift_at(self.bits[rest], self.bits[ids][anchors], (losses - before)[anchors])
             for i, d in zip(rest, shift.tolist()):
                 self.pool[i]["f1"] += d
                 self.pool[i]["f1_estimated"] = True

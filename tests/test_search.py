@@ -222,6 +222,26 @@ def test_refresh_of_the_training_set_moves_the_rest_by_the_shift_at_their_bits(p
     assert not rows[lo]["f1_estimated"] and not rows[hi]["f1_estimated"]
 
 
+def test_a_collapsed_configuration_is_no_anchor_for_the_estimates(problem):
+    layout, evaluate, initial = problem
+    state = SearchState.start(layout, initial, evaluate, FAST)
+    order = torch.argsort(state.bits)
+    lo, hi = int(order[0]), int(order[-1])
+    state.selected[:] = False
+    state.selected[[lo, hi]] = True
+    worst = float(state.plane.denormalise(torch.full((2,), state.plane.reference))[1])
+    state.pool[lo]["f1"] = worst + 10.0  # collapsed, and about to move by -5 where the others move by -0.1
+    before = state.loss.clone()
+
+    def later(configs):
+        return [worst + 5.0 if c.avg_bits == float(state.bits[lo]) else v - 0.1
+                for v, c in zip(evaluate(configs), configs)]
+
+    state.refresh(later, "train", for_round=1)
+    rest = [i for i in range(len(state.pool)) if i not in (lo, hi)]
+    assert torch.allclose(state.loss[rest], before[rest] - 0.1, atol=1e-9)
+
+
 @pytest.mark.parametrize("bad, message", [({"swaps": -1}, "swaps must be >= 0, got -1"),
                                           ({"max_neighbours": 0}, "max_neighbours must be >= 1 or None"),
                                           ({"segments": 0}, "segments must be >= 1"),
