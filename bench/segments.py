@@ -2,8 +2,8 @@
 
     python bench/segments.py --model smollm2 --n 10,20,50 --segments 5,10,20,40 [--runs runs/a,runs/b]
 
-For each n: the allocator's configurations at n even budgets over the default 2.5–7.25 bits (read from the
-pre-solved grid), their f1 measured as round 0 measures it (probe loss on the probe play's windows; the adapter starts
+For each n: the allocator's configurations at n even budgets over the default 2.5–7.25 bits (rounded to the
+pre-solved grid's steps and read from it), their f1 measured as round 0 measures it (probe loss on the probe play's windows; the adapter starts
 as the identity, B = 0, so this is the quantized model itself), then for each U the size of the training set that the
 segment-wise Pareto selection keeps. With ``--runs``: the same for each run's final pool (f1 of the trained adapter,
 initial configurations plus the proposals of its rounds), in the run's own plane.
@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from coa_lora import Workbench
+from coa_lora.allocation_grid import GRID_STEP
 from coa_lora.pareto import segment_select
 from coa_lora.runs import read_run_info, read_search_tables
 from coa_lora.search_run import probe_loss
@@ -40,7 +41,9 @@ def initial_sets(model: str, sizes: list[int], segments: list[int]) -> list[dict
     allocator = wb.grid_allocator()
     rows = []
     for n in sizes:
-        configs = [allocator.allocate(b).config for b in even_budgets(n=n)]
+        # Budgets on the pre-solved grid's 0.05-bit steps (an off-grid budget is a live MILP solve, up to a minute each).
+        budgets = sorted({round(round(b / GRID_STEP) * GRID_STEP, 6) for b in even_budgets(n=n)})
+        configs = [allocator.allocate(b).config for b in budgets]
         losses = []
         for config in tqdm(configs, desc=f"f1 of {n} initial configurations", leave=False):
             wb.qmodel.apply_(config)
@@ -48,7 +51,9 @@ def initial_sets(model: str, sizes: list[int], segments: list[int]) -> list[dict
         wb.qmodel.restore_()
         bits = torch.tensor([c.avg_bits for c in configs], dtype=torch.float64)
         loss = torch.tensor(losses, dtype=torch.float64)
-        rows.append({"pool": f"initial n={n}", "n": n, "kept": kept(bits, loss, segments, (float(bits.min()),
+        if allocator.live:
+            print(f"  ({allocator.live} budgets were solved live: not on the grid)")
+        rows.append({"pool": f"initial n={n}", "n": len(configs), "kept": kept(bits, loss, segments, (float(bits.min()),
                                                                                          float(bits.max())))})
     return rows
 
