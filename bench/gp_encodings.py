@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from coa_lora.pareto import LOSS_CAP
+from coa_lora.pareto import LOSS_CAP, HypervolumePlane
 from coa_lora.runs import read_run_info, read_search_tables
 from coa_lora.surrogate import ENCODINGS, _spearman, cross_validate, fit_surrogate
 
@@ -79,10 +79,9 @@ def main() -> None:
         pool, history = t["pool"], t["history"]
         measured = pool[~pool["f1_estimated"]] if "f1_estimated" in pool else pool
         X = torch.tensor(measured["options"].tolist(), dtype=torch.float64)
-        plane = read_run_info(Path(run)).search_plane
-        lo, hi = plane["loss_range"]
+        plane = HypervolumePlane.from_dict(read_run_info(Path(run)).search_plane)
         for targets, enc in [(t, e) for t in args.targets.split(",") for e in args.encodings.split(",")]:
-            censor = lo + plane["reference"] * (hi - lo) if targets == "censored" else math.inf
+            censor = plane.corner()[1] if targets == "censored" else math.inf
             y = -torch.tensor(measured["f1"].values, dtype=torch.float64).clamp(max=censor)
             cv = cross_validate(X, y, enc, n_folds=min(args.folds, len(y)), damage=damage, numels=numels)
             rows.append({"run": run, "encoding": enc, "targets": targets, "n": len(y), "kfold_rmse": cv["rmse"],

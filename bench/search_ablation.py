@@ -21,6 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
+from coa_lora.pareto import HypervolumePlane
 from coa_lora.runs import read_metrics, read_run_info, read_search_tables
 
 
@@ -59,8 +60,8 @@ def proposals(pool, plane: dict) -> dict:
            "distance_bits_max": round(float(new["distance_bits"].max()), 4),
            "changed_matrices_median": float(new["changed_matrices"].median())}
     if "predicted_f1" in new and new["predicted_f1"].notna().any():
-        lo, hi = plane["loss_range"]
-        err = (new["predicted_f1"] - new["measured_f1"].clip(upper=lo + plane["reference"] * (hi - lo))).dropna()
+        censor = HypervolumePlane.from_dict(plane).corner()[1]
+        err = (new["predicted_f1"] - new["measured_f1"].clip(upper=censor)).dropna()
         out["gp_rmse"] = round(float((err ** 2).mean() ** 0.5), 4)
         out["candidates"] = new["candidate"].value_counts().to_dict()
     return out

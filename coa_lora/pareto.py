@@ -140,6 +140,11 @@ class HypervolumePlane:
         hi = torch.tensor([self.bits_range[1], self.loss_range[1]], dtype=torch.float64)
         return lo + points.double() * (hi - lo)
 
+    def corner(self) -> tuple[float, float]:
+        """The reference point in bits and loss: no point beyond it (in either objective) adds area."""
+        bits, loss = self.denormalise(torch.full((2,), float(self.reference), dtype=torch.float64)).tolist()
+        return bits, loss
+
     def hypervolume(self, bits: torch.Tensor, loss: torch.Tensor) -> float:
         """Hypervolume of the ``(n,)`` points in this plane (at most ``(reference - min)²`` per axis span)."""
         ref = torch.full((2,), float(self.reference), dtype=torch.float64)

@@ -89,8 +89,8 @@ def reference_point(plane: HypervolumePlane) -> torch.Tensor:
     configuration at loss 15 stretched the acquisition's loss axis to twice the plane's: on SmolLM2 seed 1 it proposed
     a 2.64-bit allocation predicted at loss 8.9, beyond the cap of 7.7, which added nothing to the measured hypervolume.
     """
-    corner = plane.denormalise(torch.full((2,), float(plane.reference), dtype=torch.float64))
-    return -corner.flip(-1)  # (bits, loss) -> (−loss, −bits)
+    bits, loss = plane.corner()
+    return torch.tensor([-loss, -bits], dtype=torch.float64)
 
 
 def acquisition(models: ModelList, Y: torch.Tensor, ref: torch.Tensor,

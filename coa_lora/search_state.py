@@ -251,8 +251,7 @@ class SearchState:
             # A configuration beyond the plane's reference loss (collapsed) moves by amounts its neighbours never do
             # (13.0 -> 8.3 at 2.5 bits while 3.03 bits moved by -0.2): interpolated, its change once put a 2.73-bit
             # configuration at 2.95, far below every measured loss. Only usable configurations are anchors.
-            worst = float(self.plane.denormalise(torch.full((2,), float(self.plane.reference)))[1])
-            usable = torch.maximum(losses, before) <= worst
+            usable = torch.maximum(losses, before) <= self.plane.corner()[1]
             anchors = usable if bool(usable.any()) else torch.ones_like(usable)
             shift = shift_at(self.bits[rest], self.bits[ids][anchors], (losses - before)[anchors])
             for i, d in zip(rest, shift.tolist()):
