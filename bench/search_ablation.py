@@ -5,7 +5,7 @@
     python -m coa_lora train $FLAGS --search frozen --out runs/abl_frozen
     python -m coa_lora train $FLAGS --search random --out runs/abl_random
     python bench/search_ablation.py --runs runs/abl_search,runs/abl_frozen,runs/abl_random [--html ablation.html]
-                                    [--ppl-budgets 2.5,3,3.5,4 --ppl-windows 2]
+                                    [--ppl-budgets 2.5,3,3.5,4 --ppl-windows 2] [--draws]
 
 Runs are grouped by seed; the runs of one seed share the initial set and therefore the hypervolume plane in run.json
 (checked), so their hypervolumes are comparable. With ``--ppl-budgets``, each run's adapter is also scored in
@@ -67,6 +67,31 @@ def proposals(pool, plane: dict) -> dict:
     return out
 
 
+def draws_by_bits(runs: list[Path], model: str) -> dict:
+    """``{run: {"at_lowest": n, "below_3.05": n, "total": n, "lowest_final_f1": f1}}``: how often training drew the
+    lowest-bit configuration and configurations under 3.05 bits, from metrics.jsonl's configuration keys."""
+    import torch
+
+    from coa_lora import ModelConfig, Workbench
+
+    layout = Workbench.load(model).layout
+    out = {}
+    for run in runs:
+        tables = read_search_tables(run)
+        pool, history = tables["pool"], tables["history"]
+        bits = {ModelConfig.from_option_indices(layout, torch.tensor(o)).key(): b
+                for o, b in zip(pool["options"], pool["avg_bits"])}
+        drawn = [bits[k] for keys in read_metrics(run)["configs"] for k in keys]
+        lowest = float(pool["avg_bits"].min())
+        final = history[history["round"] == history["round"].max()]
+        out[str(run)] = {"at_lowest": sum(b <= lowest + 1e-9 for b in drawn),
+                         "below_3.05": sum(b < 3.05 for b in drawn), "total": len(drawn),
+                         "lowest_final_f1": float(final.loc[final["avg_bits"].idxmin(), "f1"])}
+        print(f"  draws {run}: lowest-bit configuration {out[str(run)]['at_lowest']}, under 3.05 bits "
+              f"{out[str(run)]['below_3.05']} of {len(drawn)}; its final f1 {out[str(run)]['lowest_final_f1']:.2f}")
+    return out
+
+
 def verdicts(rows: list[dict]) -> None:
     """Issue 12's acceptance per seed: final training-set hypervolume search ≥ random and > frozen; held-out
     perplexity of search no worse than either at each budget (when measured)."""
@@ -110,13 +135,18 @@ def main() -> None:
     parser.add_argument("--html", type=Path, help="also write the hypervolume curves as an interactive plotly page")
     parser.add_argument("--ppl-budgets", help="comma-separated budgets for held-out perplexity (e.g. 2.5,3,3.5,4)")
     parser.add_argument("--ppl-windows", type=int, default=2, help="1024-token windows per held-out play")
-    parser.add_argument("--model", default="smollm2", help="the runs' model (for --ppl-budgets)")
+    parser.add_argument("--model", default="smollm2", help="the runs' model (for --ppl-budgets and --draws)")
+    parser.add_argument("--draws", action="store_true", help="also count the training draws per bit range")
     args = parser.parse_args()
     rows = [summarise(Path(r)) for r in args.runs.split(",")]
     for seed in sorted({r["seed"] for r in rows}):
         if len({json.dumps(r["plane"], sort_keys=True) for r in rows if r["seed"] == seed}) != 1:
             raise SystemExit(f"The seed-{seed} runs have different hypervolume planes (other initial sets): not "
                              f"comparable.")
+    if args.draws:
+        counts = draws_by_bits([Path(r["run"]) for r in rows], args.model)
+        for r in rows:
+            r["draws"] = counts[r["run"]]
     if args.ppl_budgets:
         ppl = perplexities([Path(r["run"]) for r in rows], [float(b) for b in args.ppl_budgets.split(",")],
                            args.ppl_windows, args.model)

@@ -3,14 +3,14 @@
     python bench/segments.py --model smollm2 --n 10,20,50 --segments 5,10,20,40 [--runs runs/a,runs/b]
 
 For each n: the allocator's configurations at n even budgets over the default 2.5–7.25 bits (rounded to the
-pre-solved grid's steps and read from it), their f1 measured as round 0 measures it (probe loss on the probe play's windows; the adapter starts
-as the identity, B = 0, so this is the quantized model itself), then for each U the size of the training set that the
-segment-wise Pareto selection keeps. With ``--runs``: the same for each run's final pool (f1 of the trained adapter,
-initial configurations plus the proposals of its rounds), in the run's own plane.
+pre-solved grid's steps and read from it), their f1 measured as round 0 measures it (probe loss on the probe play's
+windows; the adapter starts as the identity, B = 0, so this is the quantized model itself), then for each U the size
+of the training set that the segment-wise Pareto selection keeps. With ``--runs``: the same for each run's final
+pool (f1 of the trained adapter, initial configurations plus the proposals of its rounds), in the run's own plane.
 
 The training set's hypervolume does not depend on U (every globally non-dominated configuration is on its segment's
-front), so what U decides is only how many dominated configurations keep being trained on: "kept" is the fraction
-of the pool selected, 1.0 meaning the selection discards nothing. Last line: one JSON object.
+front), so what U decides is only how many dominated configurations keep being trained on: "kept" is the fraction of
+the pool selected, 1.0 meaning the selection discards nothing. Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def initial_sets(model: str, sizes: list[int], segments: list[int]) -> list[dict
     allocator = wb.grid_allocator()
     rows = []
     for n in sizes:
-        # Budgets on the pre-solved grid's 0.05-bit steps (an off-grid budget is a live MILP solve, up to a minute each).
+        # Budgets on the pre-solved grid's 0.05-bit steps (an off-grid budget is a live MILP solve, up to a minute).
         budgets = sorted({round(round(b / GRID_STEP) * GRID_STEP, 6) for b in even_budgets(n=n)})
         configs = [allocator.allocate(b).config for b in budgets]
         losses = []
