@@ -20,7 +20,7 @@ from .config import ModelConfig
 from .distributed import Ranks
 
 if TYPE_CHECKING:
-    from .train import TrainOptions
+    from .train_options import TrainOptions
 
 
 # frac(offset + i · GOLDEN), i = 0, 1, 2, ... (a Weyl sequence) spreads any number of consecutive points over [0, 1)
