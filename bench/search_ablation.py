@@ -5,15 +5,19 @@
     python -m coa_lora train $FLAGS --search frozen --out runs/abl_frozen
     python -m coa_lora train $FLAGS --search random --out runs/abl_random
     python bench/search_ablation.py --runs runs/abl_search,runs/abl_frozen,runs/abl_random [--html ablation.html]
-                                    [--ppl-budgets 2.5,3,3.5,4 --ppl-windows 2] [--draws]
+                                    [--ppl-budgets 2.5,3,3.5,4 --ppl-windows 2 --ppl-configs allocator,searched]
+                                    [--draws]
 
 Runs are grouped by seed; the runs of one seed share the initial set and therefore the hypervolume plane in run.json
 (checked), so their hypervolumes are comparable. With ``--ppl-budgets``, each run's adapter is also scored in
 held-out perplexity (the held-out plays, ``--ppl-windows`` 1024-token windows per play; text the probe never saw) at
-the allocator's configuration of each budget. ``hv_train``: the training set's front as measured by that round's adapter (re-measured
-at the start of the round); ``final``: the last epoch's set re-measured by the trained adapter. Round cost: fit +
-acquisition + evaluating the q proposals (the issue's definition), and with the re-measurement of the pool, each
-divided by the run's median training-step time. Last line: one JSON object.
+each budget's configuration: ``allocator`` (the same configuration for every mode, so only the adapters differ) and/or
+``searched`` (the configuration each run would deploy: its searched set's least probe loss within the budget, as the
+app's bit-budget slider picks it; the sets and the adapters differ). ``hv_train``: the training set's front as
+measured by that round's adapter (re-measured at the start of the round); ``final``: the last epoch's set
+re-measured by the trained adapter. Round cost: fit + acquisition + evaluating the q proposals (the issue's
+definition), and with the re-measurement of the pool, each divided by the run's median training-step time.
+Last line: one JSON object.
 """
 from __future__ import annotations
 
@@ -94,7 +98,7 @@ def draws_by_bits(runs: list[Path], model: str) -> dict:
 
 def verdicts(rows: list[dict]) -> None:
     """Issue 12's acceptance per seed: final training-set hypervolume search ≥ random and > frozen; held-out
-    perplexity of search no worse than either at each budget (when measured)."""
+    perplexity of search no worse than either at each budget and kind of configuration (when measured)."""
     by_seed = {}
     for r in rows:
         by_seed.setdefault(r["seed"], {})[r["mode"]] = r
@@ -107,25 +111,34 @@ def verdicts(rows: list[dict]) -> None:
         print(f"  seed {seed}: hv {hv['search']:.4f} / {hv['random']:.4f} / {hv['frozen']:.4f} "
               f"(search − random {hv['search'] - hv['random']:+.4f}) {'met' if ok else 'NOT met'}")
         if all("ppl" in modes[m] for m in ("search", "random", "frozen")):
-            for b, v in modes["search"]["ppl"].items():
-                others = [modes[m]["ppl"][b] for m in ("random", "frozen")]
-                print(f"    {b:g} bits: {v:.2f} / {others[0]:.2f} / {others[1]:.2f} "
-                      f"({'no worse' if v <= min(others) else f'worse by {100 * (v / min(others) - 1):.1f} %'})")
+            for kind, by_budget in modes["search"]["ppl"].items():
+                for b, v in by_budget.items():
+                    others = [modes[m]["ppl"][kind][b] for m in ("random", "frozen")]
+                    print(f"    {kind} {b:g} bits: {v:.2f} / {others[0]:.2f} / {others[1]:.2f} ("
+                          + ("no worse" if v <= min(others) else f"worse by {100 * (v / min(others) - 1):.1f} %") + ")")
 
 
-def perplexities(runs: list[Path], budgets: list[float], windows: int, model: str) -> dict:
-    """``{run: {budget: held-out perplexity}}`` of each run's adapter at the allocator's configuration per budget."""
-    from coa_lora import Evaluator, Workbench, load_trained
+def perplexities(runs: list[Path], budgets: list[float], windows: int, model: str, kinds: list[str]) -> dict:
+    """``{run: {kind: {budget: held-out perplexity}}}`` of each run's adapter at each budget's configuration of each
+    kind: ``allocator`` (the allocator's, shared by all runs) or ``searched`` (the run's deployable choice)."""
+    from coa_lora import Workbench, load_trained
+    from coa_lora.explorer import Explorer
 
     out = {}
-    wb = Workbench.load(model)  # one model: each run's adapter is wrapped around it in turn, then removed, so the
-    ev = Evaluator(wb)          # quantized bases (the same configurations for every run) are built once
-    configs = {b: wb.grid_allocator().allocate(b).config for b in budgets}
+    ex = Explorer(Workbench.load(model))  # one model: each run's adapter is wrapped around it in turn, then removed
+    allocated = {b: ex.wb.grid_allocator().allocate(b).config for b in budgets}
     for run in runs:
-        coa, _, _ = load_trained(wb, run)
-        out[str(run)] = {b: ev.run("ppl", configs[b], limit=windows, adapter=coa).perplexity for b in budgets}
+        coa, _, _ = load_trained(ex.wb, run)
+        view = ex.open_run(run)
+        configs = {"allocator": allocated,
+                   "searched": {b: ex.searched_configuration(view, b)[0] for b in budgets}}
+        out[str(run)] = {kind: {b: ex.evaluator.run("ppl", configs[kind][b], limit=windows, adapter=coa).perplexity
+                                for b in budgets} for kind in kinds}
         coa.remove_()
-        print(f"  ppl {run}: " + ", ".join(f"{b:g}: {v:.2f}" for b, v in out[str(run)].items()), flush=True)
+        for kind in kinds:
+            print(f"  ppl {kind} {run}: " + ", ".join(f"{b:g}: {v:.2f}" for b, v in out[str(run)][kind].items())
+                  + ("  (searched bits " + ", ".join(f"{configs[kind][b].avg_bits:.3f}" for b in budgets) + ")"
+                     if kind == "searched" else ""), flush=True)
     return out
 
 
@@ -135,6 +148,8 @@ def main() -> None:
     parser.add_argument("--html", type=Path, help="also write the hypervolume curves as an interactive plotly page")
     parser.add_argument("--ppl-budgets", help="comma-separated budgets for held-out perplexity (e.g. 2.5,3,3.5,4)")
     parser.add_argument("--ppl-windows", type=int, default=2, help="1024-token windows per held-out play")
+    parser.add_argument("--ppl-configs", default="allocator",
+                        help="comma-separated kinds of configuration per budget: allocator, searched")
     parser.add_argument("--model", default="smollm2", help="the runs' model (for --ppl-budgets and --draws)")
     parser.add_argument("--draws", action="store_true", help="also count the training draws per bit range")
     args = parser.parse_args()
@@ -148,8 +163,11 @@ def main() -> None:
         for r in rows:
             r["draws"] = counts[r["run"]]
     if args.ppl_budgets:
+        kinds = args.ppl_configs.split(",")
+        if not set(kinds) <= {"allocator", "searched"}:
+            raise SystemExit(f"--ppl-configs takes allocator and/or searched, got {args.ppl_configs!r}.")
         ppl = perplexities([Path(r["run"]) for r in rows], [float(b) for b in args.ppl_budgets.split(",")],
-                           args.ppl_windows, args.model)
+                           args.ppl_windows, args.model, kinds)
         for r in rows:
             r["ppl"] = ppl[r["run"]]
     for r in sorted(rows, key=lambda r: (r["seed"], r["mode"])):
@@ -164,8 +182,9 @@ def main() -> None:
             print(f"{'':>7s}  proposals: bits to nearest pool configuration median {r['distance_bits_median']} max "
                   f"{r['distance_bits_max']}, changed matrices median {r['changed_matrices_median']}"
                   + (f", GP rmse {r['gp_rmse']} ({r['candidates']})" if "gp_rmse" in r else ""))
-        if "ppl" in r:
-            print(f"{'':>7s}  held-out perplexity " + ", ".join(f"{b:g} bits {v:.2f}" for b, v in r["ppl"].items()))
+        for kind, by_budget in r.get("ppl", {}).items():
+            print(f"{'':>7s}  held-out perplexity ({kind}) "
+                  + ", ".join(f"{b:g} bits {v:.2f}" for b, v in by_budget.items()))
     verdicts(rows)
     if args.html:
         import plotly.graph_objects as go
