@@ -155,15 +155,3 @@ def test_limit_takes_the_first_items():
     assert TASK.head(2).items == TASK.items[:2] and TASK.head(None) is TASK
     with pytest.raises(ValueError, match="positive integer"):
         TASK.head(0)
-
-
-def test_predictions_and_logprobs_agree_with_lm_evaluation_harness(model, tok, tmp_path):
-    # The harness itself, on the same model object and items (partial scoring has no generic-YAML form here).
-    from coa_lora.harness import Harness, compare, write_harness_task
-
-    task = Task("hand", tuple(i for i in TASK.items if i.continuation is None), "test")
-    name = write_harness_task(task, tmp_path)
-    theirs, _ = Harness(model, tok, batch_size=4, folder=tmp_path).logprobs(name)
-    ours = evaluate_task(model, tok, task)
-    diff = compare(ours, theirs)
-    assert diff["differ_acc"] == 0 and diff["differ_acc_norm"] == 0 and diff["max_abs_logprob_diff"] < 1e-4, diff
