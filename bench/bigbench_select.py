@@ -11,7 +11,8 @@ The tasks come from the ``bigbench==1.0.0`` sdist. ``pip download`` of it fails 
 declares a file:// dependency, which pip refuses), so the script runs ``pip download --no-clean`` with a private
 TMPDIR and reads the sdist folder pip unpacked there; ``--tasks-dir`` skips that with an already extracted
 ``bigbench/benchmark_tasks`` folder. ``final --write`` writes ``data/bigbench/<task>.json`` (first --limit items)
-and ``data/bigbench/SELECTION.md``. Prints a table and, last, one JSON object.
+and the measured part of ``data/bigbench/SELECTION.md`` (between its markers; the hand-written sections stay).
+Prints a table and, last, one JSON object.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from coa_lora import ModelConfig, Workbench, preset
 from coa_lora.bigbench import read_task, write_embedded
 from coa_lora.evaluate import evaluate_task
 from coa_lora.mc_tasks import EMBEDDED_DIR, Task
+from coa_lora.storage import atomic_write_bytes
 
 # Multiple-choice tasks of bigbench 1.0.0 with >= 300 items, one top-level task.json, a single top-scoring choice,
 # English text and prompts short enough to evaluate live on a CPU (analogical_similarity, ~800 tokens a prompt, and
@@ -47,6 +49,10 @@ CANDIDATES = (
 EMBEDDED_NAMES = {"unit_conversion/si_conversion": "unit_conversion_si"}
 BUDGET = 2.5
 HEADERS = {"fp": "full precision", "alloc2.5": "2.5 bits", "nf4": "NF4", "nf3": "NF3", "nf2": "NF2"}
+# SELECTION.md's measured part sits between these; ``final --write`` replaces only it, keeping the hand-written
+# sections (screening, replacements) around it.
+MEASURED_BEGIN = "<!-- measured: written by bench/bigbench_select.py final --write -->"
+MEASURED_END = "<!-- end of the measured part -->"
 
 
 def fetch_tasks_dir(work: Path) -> Path:
@@ -112,6 +118,19 @@ def selection_markdown(table: dict, labels: list[str], limit: int, alloc_bits: f
     return "\n".join(lines) + "\n"
 
 
+def merged_selection(existing: str | None, measured: str) -> str:
+    """SELECTION.md with its measured part replaced by ``measured`` (a new file when there is none yet)."""
+    block = f"{MEASURED_BEGIN}\n{measured.rstrip()}\n{MEASURED_END}"
+    if existing is None:
+        return block + "\n"
+    if existing.count(MEASURED_BEGIN) != 1 or existing.count(MEASURED_END) != 1:
+        raise SystemExit(f"{EMBEDDED_DIR / 'SELECTION.md'} has no single pair of measured-part markers "
+                         f"({MEASURED_BEGIN!r} ... {MEASURED_END!r}), so its hand-written sections cannot be kept; "
+                         f"add the markers around the measured part. Nothing was written.")
+    head, rest = existing.split(MEASURED_BEGIN)
+    return head + block + rest.split(MEASURED_END)[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=["screen", "final"])
@@ -141,11 +160,13 @@ def main() -> None:
     for name, row in table.items():
         print(f"{name:30s} {row['items']:5d} {row['chance']:6.3f} " + " ".join(f"{row[c]:8.3f}" for c in labels))
     if args.write:
+        selection = EMBEDDED_DIR / "SELECTION.md"
+        text = merged_selection(selection.read_text() if selection.exists() else None,  # refuses before any write
+                                selection_markdown(table, labels, args.limit, configs["alloc2.5"].avg_bits))
         for name in names:
             items, meta = loaded[name]
             write_embedded(EMBEDDED_NAMES.get(name, name), items[:args.limit], {**meta, "name": name})
-        alloc_bits = configs["alloc2.5"].avg_bits
-        (EMBEDDED_DIR / "SELECTION.md").write_text(selection_markdown(table, labels, args.limit, alloc_bits))
+        atomic_write_bytes(selection, text.encode())
     print(json.dumps({"stage": args.stage, "limit": args.limit, "table": table}))
 
 
