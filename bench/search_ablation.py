@@ -116,6 +116,27 @@ def verdicts(rows: list[dict]) -> None:
                     others = [modes[m]["ppl"][kind][b] for m in ("random", "frozen")]
                     print(f"    {kind} {b:g} bits: {v:.2f} / {others[0]:.2f} / {others[1]:.2f} ("
                           + ("no worse" if v <= min(others) else f"worse by {100 * (v / min(others) - 1):.1f} %") + ")")
+    ratios(by_seed)
+
+
+def ratios(by_seed: dict) -> None:
+    """Across seeds: search's held-out perplexity over each ablation's, per kind and budget, as mean ± sd of the
+    per-seed log ratio (shown as a percentage), so a difference can be read against the seeds' spread."""
+    complete = [m for m in by_seed.values() if all("ppl" in m.get(k, {}) for k in ("search", "random", "frozen"))]
+    if len(complete) < 2:
+        return
+    import math
+    import statistics
+
+    print(f"\nsearch's held-out perplexity against each ablation over {len(complete)} seeds: mean ± sd of "
+          f"100·ln(search / ablation) (negative: search lower)")
+    for kind, by_budget in complete[0]["search"]["ppl"].items():
+        for b in by_budget:
+            cells = []
+            for other in ("random", "frozen"):
+                d = [100 * math.log(m["search"]["ppl"][kind][b] / m[other]["ppl"][kind][b]) for m in complete]
+                cells.append(f"vs {other} {statistics.mean(d):+.1f} ± {statistics.stdev(d):.1f}")
+            print(f"  {kind} {b:g} bits: " + ", ".join(cells))
 
 
 def perplexities(runs: list[Path], budgets: list[float], windows: int, model: str, kinds: list[str]) -> dict:
@@ -152,6 +173,8 @@ def main() -> None:
                         help="comma-separated kinds of configuration per budget: allocator, searched")
     parser.add_argument("--model", default="smollm2", help="the runs' model (for --ppl-budgets and --draws)")
     parser.add_argument("--draws", action="store_true", help="also count the training draws per bit range")
+    parser.add_argument("--ppl-from", help="comma-separated outputs of earlier calls: reuse their held-out "
+                                           "perplexities (e.g. seeds evaluated in separate calls), measuring none")
     args = parser.parse_args()
     rows = [summarise(Path(r)) for r in args.runs.split(",")]
     for seed in sorted({r["seed"] for r in rows}):
@@ -170,6 +193,13 @@ def main() -> None:
                            args.ppl_windows, args.model, kinds)
         for r in rows:
             r["ppl"] = ppl[r["run"]]
+    elif args.ppl_from:
+        earlier = {e["run"]: {kind: {float(b): v for b, v in by_budget.items()} for kind, by_budget in e["ppl"].items()}
+                   for f in args.ppl_from.split(",")
+                   for e in json.loads(Path(f).read_text().strip().splitlines()[-1]) if "ppl" in e}
+        for r in rows:
+            if r["run"] in earlier:
+                r["ppl"] = earlier[r["run"]]
     for r in sorted(rows, key=lambda r: (r["seed"], r["mode"])):
         print(f"seed {r['seed']} {r['mode']:>7s}  {r['run']}")
         print(f"{'':>7s}  hv_train per round {r['hv_train']}  (≥ 2.5 bits {r['hv_train_2.5']})  hv_pool "
