@@ -111,12 +111,18 @@ def verdicts(rows: list[dict]) -> None:
         print(f"  seed {seed}: hv {hv['search']:.4f} / {hv['random']:.4f} / {hv['frozen']:.4f} "
               f"(search − random {hv['search'] - hv['random']:+.4f}) {'met' if ok else 'NOT met'}")
         if all("ppl" in modes[m] for m in ("search", "random", "frozen")):
-            for kind, by_budget in modes["search"]["ppl"].items():
-                for b, v in by_budget.items():
+            for kind in common_kinds([modes]):
+                for b, v in modes["search"]["ppl"][kind].items():
                     others = [modes[m]["ppl"][kind][b] for m in ("random", "frozen")]
                     print(f"    {kind} {b:g} bits: {v:.2f} / {others[0]:.2f} / {others[1]:.2f} ("
                           + ("no worse" if v <= min(others) else f"worse by {100 * (v / min(others) - 1):.1f} %") + ")")
     ratios(by_seed)
+
+
+def common_kinds(seeds: list[dict]) -> list[str]:
+    """The kinds of configuration whose perplexity every mode of every one of ``seeds`` has, in measured order."""
+    kinds = list(seeds[0]["search"]["ppl"])
+    return [k for k in kinds if all(k in m[mode]["ppl"] for m in seeds for mode in ("search", "random", "frozen"))]
 
 
 def ratios(by_seed: dict) -> None:
@@ -130,8 +136,8 @@ def ratios(by_seed: dict) -> None:
 
     print(f"\nsearch's held-out perplexity against each ablation over {len(complete)} seeds: mean ± sd of "
           f"100·ln(search / ablation) (negative: search lower)")
-    for kind, by_budget in complete[0]["search"]["ppl"].items():
-        for b in by_budget:
+    for kind in common_kinds(complete):
+        for b in complete[0]["search"]["ppl"][kind]:
             cells = []
             for other in ("random", "frozen"):
                 d = [100 * math.log(m["search"]["ppl"][kind][b] / m[other]["ppl"][kind][b]) for m in complete]
@@ -194,9 +200,15 @@ def main() -> None:
         for r in rows:
             r["ppl"] = ppl[r["run"]]
     elif args.ppl_from:
-        earlier = {e["run"]: {kind: {float(b): v for b, v in by_budget.items()} for kind, by_budget in e["ppl"].items()}
-                   for f in args.ppl_from.split(",")
-                   for e in json.loads(Path(f).read_text().strip().splitlines()[-1]) if "ppl" in e}
+        earlier = {}  # run -> kind -> budget -> perplexity, merged over the files (one kind per call is fine)
+        for f in args.ppl_from.split(","):
+            last = (Path(f).read_text().strip().splitlines() or [""])[-1]
+            if not last.startswith("["):
+                raise SystemExit(f"{f} does not end in this bench's JSON line (a call still running, or another "
+                                 f"file); --ppl-from takes the outputs of finished calls.")
+            for e in json.loads(last):
+                for kind, by_budget in e.get("ppl", {}).items():
+                    earlier.setdefault(e["run"], {})[kind] = {float(b): v for b, v in by_budget.items()}
         for r in rows:
             if r["run"] in earlier:
                 r["ppl"] = earlier[r["run"]]
