@@ -156,9 +156,10 @@ def perplexities(runs: list[Path], budgets: list[float], windows: int, model: st
     allocated = {b: ex.wb.grid_allocator().allocate(b).config for b in budgets}
     for run in runs:
         coa, _, _ = load_trained(ex.wb, run)
-        view = ex.open_run(run)
-        configs = {"allocator": allocated,
-                   "searched": {b: ex.searched_configuration(view, b)[0] for b in budgets}}
+        configs = {"allocator": allocated}
+        if "searched" in kinds:  # only then: a run without a search has no searched set
+            view = ex.open_run(run)
+            configs["searched"] = {b: ex.searched_configuration(view, b)[0] for b in budgets}
         out[str(run)] = {kind: {b: ex.evaluator.run("ppl", configs[kind][b], limit=windows, adapter=coa).perplexity
                                 for b in budgets} for kind in kinds}
         coa.remove_()
