@@ -1,7 +1,6 @@
 """One optimiser step's gradient (METHOD.md §5): k configurations × micro-batches, over data-parallel replicas.
 
-    bits = [c.avg_bits for c in configs]  # the set in bits order; anchor_bits: the initial set's, sorted
-    draws = [step_draws(options, step, j, len(configs), len(pool), bits, anchor_bits)
+    draws = [step_draws(options, step, j, len(configs), len(pool), n_initial)
              for j in ranks.replicas(options.replicas)]
     loss = step_gradients(coa, coa.set_config, params, configs, pool, draws, options, ranks)
 
@@ -11,9 +10,8 @@ processes of a torchrun job by :class:`coa_lora.distributed.Ranks`, or in one pr
 """
 from __future__ import annotations
 
-import bisect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -61,56 +59,43 @@ def quasi_draws(seed: int, step: int, k: int, n: int) -> list[int]:
     return _distinct([int(q * n) for q in _weyl(seed, step, k)[:min(k, n)]], n)
 
 
-def anchor_bits_at(q: float, anchor_bits: Sequence[float]) -> float:
-    """The point of the bit axis at quantile ``q`` ∈ [0, 1) of the initial set ``anchor_bits`` (sorted, ``(n0,)``).
+def anchored_draws(seed: int, step: int, k: int, n: int, n_initial: int) -> list[int]:
+    """``min(k, n)`` distinct positions in a training set of ``n`` configurations sorted by average bits, at ``step``,
+    where the set started with ``n_initial``.
 
-    Each initial configuration owns 1/n0 of [0, 1), spread evenly over its cell of the bit axis (the points nearer
-    to it than to its neighbours; the end cells stop at the lowest and highest configuration). Drawing the member
-    nearest to this point therefore draws the initial set exactly as :func:`quasi_draws` does.
+    As :func:`quasi_draws`, except that the set's lowest and highest configuration keep the share they had in the
+    initial set: quantiles below 1/n_initial train the lowest, above 1 − 1/n_initial the highest, and the rest are
+    spread over the members between them. The ends are the served range's extreme budgets: nothing lies beyond them,
+    so no search replaces them and every mode deploys them there. With draws over all members, a search that put its
+    proposals at 2.6-3.5 bits trained SmolLM2's 2.5-bit configuration 5-6 times in 72 draws against 5-8 for its
+    ablations, and its held-out perplexity at 2.5 bits was 10-18 % worse on each of 3 seeds. (Spreading the draws
+    over the bit axis instead evened the range under 3.05 bits but not the end: its new neighbours took its draws,
+    5 against frozen's 7, and the end's probe loss followed, 5.74 and 5.70 against 5.47.) On the initial set, and
+    for sets that started with fewer than 3 configurations, these are the draws of :func:`quasi_draws`.
     """
-    n0 = len(anchor_bits)
-    if n0 == 1:
-        return float(anchor_bits[0])
-    edges = [anchor_bits[0], *((a + b) / 2 for a, b in zip(anchor_bits, anchor_bits[1:])), anchor_bits[-1]]
-    i = min(int(q * n0), n0 - 1)
-    return float(edges[i] + (q * n0 - i) * (edges[i + 1] - edges[i]))
-
-
-def nearest_member(bits: float, set_bits: Sequence[float]) -> int:
-    """Position in ``set_bits`` (sorted, ``(n,)``) of the member nearest to ``bits``; a tie goes to the upper one."""
-    p = bisect.bisect_left(set_bits, bits)
-    if p == len(set_bits) or (p > 0 and bits - set_bits[p - 1] < set_bits[p] - bits):
-        return p - 1
-    return p
-
-
-def bits_draws(seed: int, step: int, k: int, set_bits: Sequence[float], anchor_bits: Sequence[float]) -> list[int]:
-    """``min(k, n)`` distinct positions in the current training set (``set_bits``, sorted, ``(n,)``) at ``step``.
-
-    Draw ``i`` takes the quantile of :func:`quasi_draws`, maps it to a point of the bit axis distributed as the
-    initial set ``anchor_bits`` is (:func:`anchor_bits_at`), and trains the current member nearest to that point.
-    So how much each stretch of the bit axis is trained is fixed by the initial design for every search mode, and a
-    set that grows denser somewhere splits that stretch's draws among its members instead of taking draws from the
-    rest. With draws over members (:func:`quasi_draws`), a search that put its proposals at 2.6-3.5 bits trained
-    the 2.5-bit configuration 5-6 times in 72 draws against 5-8 for random extension, and the range under 3.05 bits
-    15-16 times against 15-19: its held-out perplexity at 2.5 bits was 10-18 % worse on each of 3 seeds. On the
-    initial set itself the draws are those of :func:`quasi_draws` (a frozen set trains exactly as before).
-    """
-    n = len(set_bits)
-    points = [anchor_bits_at(q, anchor_bits) for q in _weyl(seed, step, k)[:min(k, n)]]
-    return _distinct([nearest_member(b, set_bits) for b in points], n)
+    if n_initial < 3 or n < 3:
+        return quasi_draws(seed, step, k, n)
+    positions = []
+    for q in _weyl(seed, step, k)[:min(k, n)]:
+        t = q * n_initial
+        if t < 1:
+            positions.append(0)
+        elif t >= n_initial - 1:
+            positions.append(n - 1)
+        else:  # the members between the ends, evenly: on the initial set exactly quasi_draws's position
+            positions.append(1 + min(int((t - 1) / (n_initial - 2) * (n - 2)), n - 3))
+    return _distinct(positions, n)
 
 
 def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int, n_windows: int,
-               set_bits: Sequence[float] = (),
-               anchor_bits: Sequence[float] = ()) -> tuple[list[int], list[torch.Tensor], int]:
+               n_initial: int | None = None) -> tuple[list[int], list[torch.Tensor], int]:
     """One replica's randomness at ``step``: the configurations (indices into the training set, which the trainer
     keeps sorted by average bits; replica 0's draw, for every replica), ``grad_accumulation`` tensors
     ``(batch_size,)`` of window indices, and a dropout seed.
 
-    Configurations: :func:`bits_draws` (``options.draws == "bits"``; needs ``set_bits``, the set's average bits in
-    its order, and ``anchor_bits``, the initial set's, sorted), :func:`quasi_draws` (``"quasi"``) or a uniform random
-    permutation's first k (``"random"``, runs made before). Replica 0 draws from the (seed, step) generator in the
+    Configurations: :func:`anchored_draws` (``options.draws == "anchored"``; ``n_initial``: the initial set's size,
+    ``n_configs`` when not given), :func:`quasi_draws` (``"quasi"``) or a uniform random permutation's first k
+    (``"random"``, runs made before). Replica 0 draws from the (seed, step) generator in the
     order the single-process trainer always has; replica j > 0 draws its windows and dropout from its own (seed, step, j)
     generator, so whichever process runs it (and a resume) draws the same.
     """
@@ -119,11 +104,8 @@ def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int, n
     chosen = torch.randperm(n_configs, generator=g)[:min(options.configs_per_step, n_configs)].tolist()
     if options.draws == "quasi":
         chosen = quasi_draws(options.seed, step, options.configs_per_step, n_configs)
-    elif options.draws == "bits":
-        if len(set_bits) != n_configs or not anchor_bits:
-            raise ValueError(f"Draws over the bit axis need the bits of all {n_configs} configurations of the set and "
-                             f"of the initial set; got {len(set_bits)} and {len(anchor_bits)}.")
-        chosen = bits_draws(options.seed, step, options.configs_per_step, set_bits, anchor_bits)
+    elif options.draws == "anchored":
+        chosen = anchored_draws(options.seed, step, options.configs_per_step, n_configs, n_initial or n_configs)
     if replica:
         # A seed range of its own per replica: replica 0's seeds stay below 2**48 for any practical seed and step.
         g = torch.Generator().manual_seed((replica << 48) + options.seed * 1_000_003 + step)

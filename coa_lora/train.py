@@ -167,12 +167,12 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
                    library_versions())
     if ranks.is_main:
         _prepare_folder(folder, info, resume)
-    # Bits and quasi-random draws index the set in bits order (coa_lora.step); "random" keeps the order runs made
+    # Anchored and quasi-random draws index the set in bits order (coa_lora.step); "random" keeps the order runs made
     # before them trained in, so they resume exactly.
     order = list if options.draws == "random" else bits_sorted
     configs = order(_from_main(ranks, wb.layout, training_configs(wb, folder, options.budgets, progress)
                                if ranks.is_main else None))
-    anchor_bits = sorted(c.avg_bits for c in configs)  # the initial set spreads bits draws over the bit axis
+    n_initial = len(configs)  # anchored draws keep the ends at their initial share
     coa = build_adapter(wb, options)
     coa.set_config(configs[0])
     lq_bases = None
@@ -216,8 +216,7 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
         if step in round_at:
             configs = order(_from_main(ranks, wb.layout, configs))
         t0 = time.perf_counter()
-        draws = [step_draws(options, step, j, len(configs), len(pool), [c.avg_bits for c in configs], anchor_bits)
-                 for j in mine]
+        draws = [step_draws(options, step, j, len(configs), len(pool), n_initial) for j in mine]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, options)
         coa.train(True)

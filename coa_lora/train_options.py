@@ -16,7 +16,7 @@ from .search_run import SEARCH_MODES
 
 METHODS = ("coa", "shared", "qlora", "lqlora")
 OBJECTIVES = ("lm", "kd")
-DRAWS = ("bits", "quasi", "random")
+DRAWS = ("anchored", "quasi", "random")
 SINGLE_CONFIG_METHODS = ("qlora", "lqlora")
 
 
@@ -44,11 +44,11 @@ class TrainOptions:
     # (bench/train_step.py), so the default run with its allocation and probes takes about 15 minutes.
     steps: int = 60  # optimiser steps (per adapter for the per-configuration baselines)
     configs_per_step: int = 2  # k: the official code's value
-    # How a step picks its k configurations: "bits" (coa_lora.step.bits_draws: points of the bit axis spread as the
-    # initial set is, each trained on the nearest member of the current set, so a search that fills gaps does not
-    # take training from the rest of the range), "quasi" (coa_lora.step.quasi_draws: evenly over the set's members,
-    # the default before) or "random" (a uniform random k-subset each step, as the first runs did).
-    draws: str = "bits"
+    # How a step picks its k configurations: "anchored" (coa_lora.step.anchored_draws: evenly over the set's members,
+    # but its lowest and highest configuration keep their initial share whatever a search adds next to them),
+    # "quasi" (coa_lora.step.quasi_draws: evenly over all members, the default before) or "random" (a uniform random
+    # k-subset each step, as the first runs did).
+    draws: str = "anchored"
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05

@@ -1,8 +1,7 @@
-"""A step's configuration draws: over the set's members (quasi) and over the bit axis (bits)."""
-import pytest
+"""A step's configuration draws: over the set's members (quasi), with the ends anchored (anchored)."""
 import torch
 
-from coa_lora.step import anchor_bits_at, bits_draws, nearest_member, quasi_draws, step_draws
+from coa_lora.step import anchored_draws, quasi_draws, step_draws
 from coa_lora.train_options import TrainOptions
 
 
@@ -17,27 +16,22 @@ def test_quasi_draws_spread_every_stretch_of_steps_over_the_set():
     assert quasi_draws(5, 3, 2, 19) == quasi_draws(5, 3, 2, 19) != quasi_draws(6, 3, 2, 19)
 
 
-def test_bits_draws_train_the_initial_set_as_quasi_draws_and_a_grown_set_by_the_bit_axis():
-    anchors = [2.5 + 0.5278 * i for i in range(10)]  # the default 10-budget initial set's spacing
+def test_anchored_draws_are_quasi_draws_on_the_initial_set_and_keep_the_ends_share_as_it_grows():
     for seed in range(4):
-        for n in (10, 1, 2, 5):
-            a = sorted(anchors[:n] if n < 10 else anchors)
-            assert all(bits_draws(seed, step, 2, a, a) == quasi_draws(seed, step, 2, n) for step in range(200))
-    # The end cells stop at the lowest and highest member yet own a full 1/n0 of the quantiles.
-    assert anchor_bits_at(0.0, anchors) == anchors[0] and abs(anchor_bits_at(0.05, anchors) - 2.63195) < 1e-9
-    assert abs(anchor_bits_at(0.999999, anchors) - anchors[-1]) < 1e-4 and anchor_bits_at(0.7, [3.0]) == 3.0
-    assert [nearest_member(b, [2.5, 3.0, 4.0]) for b in (2.0, 2.74, 2.75, 3.6, 9.0)] == [0, 0, 1, 2, 2]
-    # A search that adds six members between 2.5 and 3.05 bits: with draws over the members, that stretch takes 101
-    # of 100 steps' 200 draws instead of 42, from the rest of the range; over the bit axis it keeps its 42, and the
-    # new members split them.
-    grown = sorted(anchors + [2.6, 2.7, 2.8, 2.9, 2.95, 3.0])
-    def low_draws(draw, bits):
-        return sum(bits[p] < 3.05 for step in range(100) for p in draw(step, bits))
-    assert low_draws(lambda step, b: quasi_draws(1, step, 2, len(b)), anchors) == 42
-    assert low_draws(lambda step, b: quasi_draws(1, step, 2, len(b)), grown) == 101
-    assert low_draws(lambda step, b: bits_draws(1, step, 2, b, anchors), anchors) == 42
-    assert low_draws(lambda step, b: bits_draws(1, step, 2, b, anchors), grown) == 42
-    # Every draw trains the member nearest its point of the bit axis, distinct within a step.
-    assert all(len(set(d)) == 2 for d in (bits_draws(1, step, 2, grown, anchors) for step in range(100)))
-    with pytest.raises(ValueError, match="bits of all 3 configurations"):
-        step_draws(TrainOptions(), 0, 0, 3, 10, [2.5, 3.0], [2.5])
+        for n in (1, 2, 3, 5, 10, 19):
+            assert all(anchored_draws(seed, step, k, n, n) == quasi_draws(seed, step, k, n)
+                       for k in (1, 2, 3) for step in range(300))
+    # A search that adds six members between 2.5 and 3.05 bits to the default 10-budget set (positions 1-6 of 16).
+    # Over all members, the lowest configuration falls from 21 of 100 steps' 200 draws to 14; anchored, it keeps its
+    # 21 (and the highest its 19), and the 14 members between share the rest evenly.
+    def counts(draw):
+        return torch.bincount(torch.tensor([p for step in range(100) for p in draw(step)]), minlength=16).tolist()
+    assert counts(lambda step: quasi_draws(1, step, 2, 10))[:10] == [21, 21, 19, 20, 20, 20, 20, 19, 21, 19]
+    assert counts(lambda step: quasi_draws(1, step, 2, 16))[0] == 14
+    grown = counts(lambda step: anchored_draws(1, step, 2, 16, 10))
+    assert grown[0] == 21 and grown[15] == 19 and set(grown[1:15]) == {11, 12} and sum(grown) == 200
+    assert all(len(set(anchored_draws(1, step, 2, 16, 10))) == 2 for step in range(100))
+    # Options name the draws; the trainer passes the initial set's size (the set's own when not given).
+    o = TrainOptions(seed=1)
+    assert step_draws(o, 5, 0, 16, 10, 10)[0] == anchored_draws(1, 5, 2, 16, 10)
+    assert step_draws(o, 5, 0, 16, 10)[0] == quasi_draws(1, 5, 2, 16)

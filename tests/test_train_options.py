@@ -23,8 +23,8 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 def test_runs_saved_before_draws_existed_resume_with_random_draws():
     saved = {k: v for k, v in TrainOptions().to_dict().items() if k != "draws"}
-    assert TrainOptions.saved(saved).draws == "random" and TrainOptions.from_dict(saved).draws == "bits"
-    assert TrainOptions().draws == "bits"
+    assert TrainOptions.saved(saved).draws == "random" and TrainOptions.from_dict(saved).draws == "anchored"
+    assert TrainOptions().draws == "anchored"
     with pytest.raises(ValueError, match="draws"):
         TrainOptions(draws="sobol")
 
