@@ -40,7 +40,7 @@ def summarise(run: Path) -> dict:
     probe = metrics.dropna(subset=["probe_loss"]).iloc[-1]
     return {
         "run": str(run), "mode": info.hyper["search"], "plane": info.search_plane,
-        "seed": int(info.hyper["seed"]),
+        "seed": int(info.hyper["seed"]), "draws": info.hyper.get("draws", "random"),
         "hv_pool": rounds["hv_pool"].round(4).tolist(), "hv_train": rounds["hv_train"].round(4).tolist(),
         "hv_train_2.5": rounds["hv_train_2.5"].round(4).tolist() if "hv_train_2.5" in rounds else None,
         "n_pool": rounds["n_pool"].tolist(), "n_train": rounds["n_train"].tolist(),
@@ -201,7 +201,9 @@ def main() -> None:
         for r in rows:
             r["ppl"] = ppl[r["run"]]
     elif args.ppl_from:
-        earlier = {}  # run -> kind -> budget -> perplexity, merged over the files (one kind per call is fine)
+        # resolved run -> kind -> budget -> perplexity, merged over the files (one kind per call is fine); a relative
+        # run path of an earlier call resolves against this call's working directory
+        earlier = {}
         for f in args.ppl_from.split(","):
             last = (Path(f).read_text().strip().splitlines() or [""])[-1]
             if not last.startswith("["):
@@ -209,12 +211,12 @@ def main() -> None:
                                  f"file); --ppl-from takes the outputs of finished calls.")
             for e in json.loads(last):
                 for kind, by_budget in e.get("ppl", {}).items():
-                    earlier.setdefault(e["run"], {})[kind] = {float(b): v for b, v in by_budget.items()}
+                    earlier.setdefault(Path(e["run"]).resolve(), {})[kind] = {float(b): v for b, v in by_budget.items()}
         for r in rows:
-            if r["run"] in earlier:
-                r["ppl"] = earlier[r["run"]]
+            if Path(r["run"]).resolve() in earlier:
+                r["ppl"] = earlier[Path(r["run"]).resolve()]
     for r in sorted(rows, key=lambda r: (r["seed"], r["mode"])):
-        print(f"seed {r['seed']} {r['mode']:>7s}  {r['run']}")
+        print(f"seed {r['seed']} {r['mode']:>7s}  {r['run']}  (draws {r['draws']})")
         print(f"{'':>7s}  hv_train per round {r['hv_train']}  (≥ 2.5 bits {r['hv_train_2.5']})  hv_pool "
               f"{r['hv_pool']}  pool {r['n_pool']}")
         print(f"{'':>7s}  final probe losses {r['final_probe']}")
