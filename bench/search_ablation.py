@@ -40,7 +40,7 @@ def summarise(run: Path) -> dict:
     probe = metrics.dropna(subset=["probe_loss"]).iloc[-1]
     return {
         "run": str(run), "mode": info.hyper["search"], "plane": info.search_plane,
-        "seed": int(info.hyper["seed"]), "draws": info.hyper.get("draws", "random"),
+        "seed": int(info.hyper["seed"]), "draw_mode": info.hyper.get("draws", "random"),
         "hv_pool": rounds["hv_pool"].round(4).tolist(), "hv_train": rounds["hv_train"].round(4).tolist(),
         "hv_train_2.5": rounds["hv_train_2.5"].round(4).tolist() if "hv_train_2.5" in rounds else None,
         "n_pool": rounds["n_pool"].tolist(), "n_train": rounds["n_train"].tolist(),
@@ -216,7 +216,7 @@ def main() -> None:
             if Path(r["run"]).resolve() in earlier:
                 r["ppl"] = earlier[Path(r["run"]).resolve()]
     for r in sorted(rows, key=lambda r: (r["seed"], r["mode"])):
-        print(f"seed {r['seed']} {r['mode']:>7s}  {r['run']}  (draws {r['draws']})")
+        print(f"seed {r['seed']} {r['mode']:>7s}  {r['run']}  (draws {r['draw_mode']})")
         print(f"{'':>7s}  hv_train per round {r['hv_train']}  (≥ 2.5 bits {r['hv_train_2.5']})  hv_pool "
               f"{r['hv_pool']}  pool {r['n_pool']}")
         print(f"{'':>7s}  final probe losses {r['final_probe']}")
