@@ -95,9 +95,9 @@ def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int, n
 
     Configurations: :func:`anchored_draws` (``options.draws == "anchored"``; ``n_initial``: the initial set's size,
     ``n_configs`` when not given), :func:`quasi_draws` (``"quasi"``) or a uniform random permutation's first k
-    (``"random"``, runs made before). Replica 0 draws from the (seed, step) generator in the
-    order the single-process trainer always has; replica j > 0 draws its windows and dropout from its own (seed, step, j)
-    generator, so whichever process runs it (and a resume) draws the same.
+    (``"random"``, runs made before). Replica 0 draws from the (seed, step) generator in the order the single-process
+    trainer always has; replica j > 0 draws its windows and dropout from its own (seed, step, j) generator, so
+    whichever process runs it (and a resume) draws the same.
     """
     g = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
     # The permutation is drawn either way, so a step's windows and dropout do not depend on how configurations are.
