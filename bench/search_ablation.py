@@ -213,8 +213,8 @@ def main() -> None:
                 for kind, by_budget in e.get("ppl", {}).items():
                     earlier.setdefault(Path(e["run"]).resolve(), {})[kind] = {float(b): v for b, v in by_budget.items()}
         for r in rows:
-            if Path(r["run"]).resolve() in earlier:
-                r["ppl"] = earlier[Path(r["run"]).resolve()]
+            if (key := Path(r["run"]).resolve()) in earlier:
+                r["ppl"] = earlier[key]
     for r in sorted(rows, key=lambda r: (r["seed"], r["mode"])):
         print(f"seed {r['seed']} {r['mode']:>7s}  {r['run']}  (draws {r['draw_mode']})")
         print(f"{'':>7s}  hv_train per round {r['hv_train']}  (≥ 2.5 bits {r['hv_train_2.5']})  hv_pool "
