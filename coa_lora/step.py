@@ -88,13 +88,13 @@ def anchored_draws(seed: int, step: int, k: int, n: int, n_initial: int) -> list
 
 
 def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int, n_windows: int,
-               n_initial: int | None = None) -> tuple[list[int], list[torch.Tensor], int]:
+               n_initial: int) -> tuple[list[int], list[torch.Tensor], int]:
     """One replica's randomness at ``step``: the configurations (indices into the training set, which the trainer
     keeps sorted by average bits; replica 0's draw, for every replica), ``grad_accumulation`` tensors
     ``(batch_size,)`` of window indices, and a dropout seed.
 
     Configurations: :func:`anchored_draws` (``options.draws == "anchored"``; ``n_initial``: the initial set's size,
-    ``n_configs`` when not given), :func:`quasi_draws` (``"quasi"``) or a uniform random permutation's first k
+    which the other draws ignore), :func:`quasi_draws` (``"quasi"``) or a uniform random permutation's first k
     (``"random"``, runs made before). Replica 0 draws from the (seed, step) generator in the order the single-process
     trainer always has; replica j > 0 draws its windows and dropout from its own (seed, step, j) generator, so
     whichever process runs it (and a resume) draws the same.
@@ -105,7 +105,7 @@ def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int, n
     if options.draws == "quasi":
         chosen = quasi_draws(options.seed, step, options.configs_per_step, n_configs)
     elif options.draws == "anchored":
-        chosen = anchored_draws(options.seed, step, options.configs_per_step, n_configs, n_initial or n_configs)
+        chosen = anchored_draws(options.seed, step, options.configs_per_step, n_configs, n_initial)
     if replica:
         # A seed range of its own per replica: replica 0's seeds stay below 2**48 for any practical seed and step.
         g = torch.Generator().manual_seed((replica << 48) + options.seed * 1_000_003 + step)

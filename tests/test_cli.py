@@ -100,3 +100,18 @@ def test_the_model_name_comes_from_the_run_unless_given(tmp_path, recorded, give
     write_run_info(tmp_path, RunInfo(recorded, "0" * 64, "coa", {}, 0, {}))
     assert _model_name(Namespace(model=given, run=tmp_path)) == name
     assert _model_name(Namespace(model=None, run=None)) == "smollm2"
+
+
+def test_train_flag_choices_are_the_options_own():
+    # The parser lists choices literally (importing the options at parse time would load the adapter and search
+    # modules); this keeps the two lists from drifting apart.
+    import argparse
+
+    from coa_lora.cli import build_parser
+    from coa_lora.search_run import SEARCH_MODES
+    from coa_lora.train_options import DRAWS, METHODS, OBJECTIVES
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    choices = {a.dest: a.choices for a in sub.choices["train"]._actions if a.choices}
+    assert set(choices["method"]) == set(METHODS) and set(choices["draws"]) == set(DRAWS)
+    assert set(choices["objective"]) == set(OBJECTIVES) and set(choices["search"]) == set(SEARCH_MODES)

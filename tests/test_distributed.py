@@ -62,14 +62,14 @@ def test_replica_zero_draws_what_the_single_process_trainer_drew_and_others_draw
     chosen = torch.randperm(5, generator=g)[:2].tolist()
     rows = [torch.randint(100, (4,), generator=g) for _ in range(2)]
     dropout = int(torch.randint(2**62, (1,), generator=g))
-    c0, r0, d0 = step_draws(o, 7, 0, 5, 100)
+    c0, r0, d0 = step_draws(o, 7, 0, 5, 100, 5)
     assert (c0, d0) == (chosen, dropout) and all(torch.equal(a, b) for a, b in zip(r0, rows))
     # Quasi-random configuration draws change which configurations, never the windows or the dropout seed.
-    q0, qr0, qd0 = step_draws(dataclasses.replace(o, draws="quasi"), 7, 0, 5, 100)
+    q0, qr0, qd0 = step_draws(dataclasses.replace(o, draws="quasi"), 7, 0, 5, 100, 5)
     assert q0 == quasi_draws(3, 7, 2, 5) and qd0 == d0 and all(torch.equal(a, b) for a, b in zip(qr0, r0))
-    c1, r1, d1 = step_draws(o, 7, 1, 5, 100)
+    c1, r1, d1 = step_draws(o, 7, 1, 5, 100, 5)
     assert c1 == c0 and d1 != d0 and not any(torch.equal(a, b) for a, b in zip(r1, r0))
-    again = step_draws(o, 7, 1, 5, 100)
+    again = step_draws(o, 7, 1, 5, 100, 5)
     assert again[0] == c1 and again[2] == d1 and all(torch.equal(a, b) for a, b in zip(again[1], r1))
 
 

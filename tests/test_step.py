@@ -1,4 +1,6 @@
 """A step's configuration draws: over the set's members (quasi), with the ends anchored (anchored)."""
+import dataclasses
+
 import torch
 
 from coa_lora.step import anchored_draws, quasi_draws, step_draws
@@ -31,7 +33,7 @@ def test_anchored_draws_are_quasi_draws_on_the_initial_set_and_keep_the_ends_sha
     grown = counts(lambda step: anchored_draws(1, step, 2, 16, 10))
     assert grown[0] == 21 and grown[15] == 19 and set(grown[1:15]) == {11, 12} and sum(grown) == 200
     assert all(len(set(anchored_draws(1, step, 2, 16, 10))) == 2 for step in range(100))
-    # Options name the draws; the trainer passes the initial set's size (the set's own when not given).
+    # Options name the draws; the trainer passes the initial set's size, which only anchored draws use.
     o = TrainOptions(seed=1)
     assert step_draws(o, 5, 0, 16, 10, 10)[0] == anchored_draws(1, 5, 2, 16, 10)
-    assert step_draws(o, 5, 0, 16, 10)[0] == quasi_draws(1, 5, 2, 16)
+    assert step_draws(dataclasses.replace(o, draws="quasi"), 5, 0, 16, 10, 10)[0] == quasi_draws(1, 5, 2, 16)
