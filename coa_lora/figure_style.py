@@ -19,9 +19,11 @@ FIELD_LABELS = {"bits": "NF bits b", "scale_bits": "scale bits b0", "scale_dtype
 
 def layout_figure(fig: go.Figure, title: str, x: str, y: str, height: int = 460) -> go.Figure:
     # The legend sits under the plot: above it, it collides with the title and with annotations of vertical lines.
+    # It is anchored to the figure's bottom edge ("container"), not the plot area's: plotly shrinks the plot area to
+    # make room for a long legend, and a position below the plot area then lands on the x axis' title.
     fig.update_layout(title=dict(text=title, x=0.01), xaxis_title=x, yaxis_title=y, font=FONT, height=height,
                       template="plotly_white", margin=dict(l=60, r=20, t=70, b=50),
-                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0.0))
+                      legend=dict(orientation="h", yref="container", yanchor="bottom", y=0.0, xanchor="left", x=0.0))
     return fig
 
 
