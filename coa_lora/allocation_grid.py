@@ -13,7 +13,6 @@ feasible at β: C is optimal at β too. A budget no grid point covers this way i
 from __future__ import annotations
 
 import math
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from .allocate import Allocation, Allocator, NotProvenOptimalWarning
 from .config import ModelConfig
 from .progress import ProgressFn, report
-from .storage import read_safetensors, write_safetensors
+from .storage import atomic_write_bytes, read_safetensors, write_safetensors
 
 GRID_VERSION = "2"
 GRID_STEP = 0.05  # bits between grid budgets: the app's slider step
@@ -109,8 +108,9 @@ def install_shipped(cache: Path) -> list[Path]:
                     [(p, "allocations") for p in shipped_dir().glob("grid-*.safetensors")]:
         dst = cache / sub / src.name
         if not dst.is_file():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            # Written whole and renamed: two processes starting on a fresh cache must never read a half-copied grid
+            # (load_grid would call it unreadable and every budget would be solved live).
+            atomic_write_bytes(dst, src.read_bytes())
             copied.append(dst)
     return copied
 

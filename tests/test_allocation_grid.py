@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from coa_lora import Allocator, Workbench
-from coa_lora.allocation_grid import GridAllocator, grid_budgets, grid_path, load_grid, solve_grid, write_grid
+from coa_lora.allocation_grid import (GridAllocator, grid_budgets, grid_path, install_shipped, load_grid, shipped_dir,
+                                     solve_grid, write_grid)
 
 
 def test_grid_budgets_are_the_step_multiples_inside_the_range():
@@ -45,3 +46,13 @@ def test_grid_round_trips_through_the_disk_and_a_corrupt_file_is_solved_again(ti
     assert torch.equal(again.options, grid.options) and torch.equal(again.damage, grid.damage)
     path.write_bytes(b"not a safetensors file")
     assert load_grid(key, tmp_path, len(wb.layout), 0.5) is None  # never trusted: solved again by load_or_solve
+
+
+def test_shipped_tables_and_grids_install_whole_once(tmp_path):
+    shipped = sorted(shipped_dir().glob("*.safetensors"))
+    assert shipped  # SmolLM2's damage table and grid ship with the source
+    copied = install_shipped(tmp_path)
+    assert sorted(p.name for p in copied) == [p.name for p in shipped]
+    assert all(dst.read_bytes() == (shipped_dir() / dst.name).read_bytes() for dst in copied)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and p not in copied]  # no temporary file left behind
+    assert install_shipped(tmp_path) == []  # present files are kept, not rewritten
