@@ -115,8 +115,40 @@ def verdicts(rows: list[dict]) -> None:
                 for b, v in modes["search"]["ppl"][kind].items():
                     others = [modes[m]["ppl"][kind][b] for m in ("random", "frozen")]
                     print(f"    {kind} {b:g} bits: {v:.2f} / {others[0]:.2f} / {others[1]:.2f} ("
-                          + ("no worse" if v <= min(others) else f"worse by {100 * (v / min(others) - 1):.1f} %") + ")")
+                          + ("no worse" if v <= min(others) else f"worse by {100 * (v / min(others) - 1):.1f} %")
+                          + f"; vs random {100 * (v / others[0] - 1):+.1f} %, "
+                            f"vs frozen {100 * (v / others[1] - 1):+.1f} %)")
     ratios(by_seed)
+    same_rule(by_seed)
+    deploy_choice(rows)
+
+
+def same_rule(by_seed: dict) -> None:
+    """Search's perplexity rule applied to every mode: per seed, the allocator budgets where the mode is worse than
+    the better of the other two (a mode meets the rule on a seed with none)."""
+    complete = {s: m for s, m in by_seed.items()
+                if all("allocator" in m.get(k, {}).get("ppl", {}) for k in ("search", "random", "frozen"))}
+    if not complete:
+        return
+    print("\nevery mode held to the rule (allocator configurations): budgets where it is worse than the better of the "
+          "other two")
+    for mode in ("search", "random", "frozen"):
+        worse = {s: [b for b, v in m[mode]["ppl"]["allocator"].items()
+                     if v > min(m[o]["ppl"]["allocator"][b] for o in m if o != mode)]
+                 for s, m in sorted(complete.items())}
+        print(f"  {mode}: " + "; ".join(f"seed {s} " + (", ".join(f"{b:g}" for b in bs) or "none")
+                                       for s, bs in worse.items()))
+
+
+def deploy_choice(rows: list[dict]) -> None:
+    """Per run and budget where the two differ: is the allocator's configuration at the budget lower in held-out
+    perplexity than the run's searched configuration within it?"""
+    gaps = [100 * (r["ppl"]["searched"][b] / v - 1) for r in rows if {"allocator", "searched"} <= set(r.get("ppl", {}))
+            for b, v in r["ppl"]["allocator"].items() if r["ppl"]["searched"][b] != v]
+    if gaps:
+        print(f"\nallocator's configuration against the searched one, in (run, budget) cells where they differ: "
+              f"allocator lower in {sum(g > 0 for g in gaps)} of {len(gaps)}; searched higher by {min(gaps):+.1f} to "
+              f"{max(gaps):+.1f} %")
 
 
 def common_kinds(seeds: list[dict]) -> list[str]:
