@@ -126,8 +126,7 @@ def verdicts(rows: list[dict]) -> None:
 def same_rule(by_seed: dict) -> None:
     """Search's perplexity rule applied to every mode: per seed, the allocator budgets where the mode is worse than
     the better of the other two (a mode meets the rule on a seed with none)."""
-    complete = {s: m for s, m in by_seed.items()
-                if all("allocator" in m.get(k, {}).get("ppl", {}) for k in ("search", "random", "frozen"))}
+    complete = complete_seeds(by_seed, "allocator")
     if not complete:
         return
     print("\nevery mode held to the rule (allocator configurations): budgets where it is worse than the better of the "
@@ -135,7 +134,7 @@ def same_rule(by_seed: dict) -> None:
     for mode in ("search", "random", "frozen"):
         worse = {s: [b for b, v in m[mode]["ppl"]["allocator"].items()
                      if v > min(m[o]["ppl"]["allocator"][b] for o in m if o != mode)]
-                 for s, m in sorted(complete.items())}
+                 for s, m in complete.items()}
         print(f"  {mode}: " + "; ".join(f"seed {s} " + (", ".join(f"{b:g}" for b in bs) or "none")
                                        for s, bs in worse.items()))
 
@@ -151,6 +150,13 @@ def deploy_choice(rows: list[dict]) -> None:
               f"{max(gaps):+.1f} %")
 
 
+def complete_seeds(by_seed: dict, kind: str | None = None) -> dict:
+    """The seeds of ``by_seed`` whose three modes all have held-out perplexity (of configuration ``kind``, if given)."""
+    return {s: m for s, m in sorted(by_seed.items())
+            if all("ppl" in m.get(k, {}) and (kind is None or kind in m[k]["ppl"])
+                   for k in ("search", "random", "frozen"))}
+
+
 def common_kinds(seeds: list[dict]) -> list[str]:
     """The kinds of configuration whose perplexity every mode of every one of ``seeds`` has, in measured order."""
     kinds = list(seeds[0]["search"]["ppl"])
@@ -160,7 +166,7 @@ def common_kinds(seeds: list[dict]) -> list[str]:
 def ratios(by_seed: dict) -> None:
     """Across seeds: search's held-out perplexity over each ablation's, per kind and budget, as mean ± sd of the
     per-seed log ratio (shown as a percentage), so a difference can be read against the seeds' spread."""
-    complete = [m for m in by_seed.values() if all("ppl" in m.get(k, {}) for k in ("search", "random", "frozen"))]
+    complete = list(complete_seeds(by_seed).values())
     if len(complete) < 2:
         return
     import math
@@ -173,7 +179,8 @@ def ratios(by_seed: dict) -> None:
             cells = []
             for other in ("random", "frozen"):
                 d = [100 * math.log(m["search"]["ppl"][kind][b] / m[other]["ppl"][kind][b]) for m in complete]
-                cells.append(f"vs {other} {statistics.mean(d):+.1f} ± {statistics.stdev(d):.1f}")
+                cells.append(f"vs {other} {statistics.mean(d):+.1f} ± {statistics.stdev(d):.1f} "
+                             f"(lower on {sum(x < 0 for x in d)} of {len(d)})")
             print(f"  {kind} {b:g} bits: " + ", ".join(cells))
 
 
