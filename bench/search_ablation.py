@@ -6,7 +6,7 @@
     python -m coa_lora train $FLAGS --search random --out runs/abl_random
     python bench/search_ablation.py --runs runs/abl_search,runs/abl_frozen,runs/abl_random [--html ablation.html]
                                     [--ppl-budgets 2.5,3,3.5,4 --ppl-windows 2 --ppl-configs allocator,searched]
-                                    [--draws]
+                                    [--draws] [--markdown]
 
 Runs are grouped by seed; the runs of one seed share the initial set and therefore the hypervolume plane in run.json
 (checked), so their hypervolumes are comparable. With ``--ppl-budgets``, each run's adapter is also scored in
@@ -163,25 +163,60 @@ def common_kinds(seeds: list[dict]) -> list[str]:
     return [k for k in kinds if all(k in m[mode]["ppl"] for m in seeds for mode in ("search", "random", "frozen"))]
 
 
+def spread(seeds: list[dict], kind: str, budget: float, other: str) -> str:
+    """100·ln(search / ``other``) of held-out perplexity over ``seeds``: mean ± sd, and how often search is lower."""
+    import math
+    import statistics
+
+    d = [100 * math.log(m["search"]["ppl"][kind][budget] / m[other]["ppl"][kind][budget]) for m in seeds]
+    return f"{statistics.mean(d):+.1f} ± {statistics.stdev(d):.1f} (lower on {sum(x < 0 for x in d)} of {len(d)})"
+
+
 def ratios(by_seed: dict) -> None:
     """Across seeds: search's held-out perplexity over each ablation's, per kind and budget, as mean ± sd of the
     per-seed log ratio (shown as a percentage), so a difference can be read against the seeds' spread."""
     complete = list(complete_seeds(by_seed).values())
     if len(complete) < 2:
         return
-    import math
-    import statistics
-
     print(f"\nsearch's held-out perplexity against each ablation over {len(complete)} seeds: mean ± sd of "
           f"100·ln(search / ablation) (negative: search lower)")
     for kind in common_kinds(complete):
         for b in complete[0]["search"]["ppl"][kind]:
-            cells = []
-            for other in ("random", "frozen"):
-                d = [100 * math.log(m["search"]["ppl"][kind][b] / m[other]["ppl"][kind][b]) for m in complete]
-                cells.append(f"vs {other} {statistics.mean(d):+.1f} ± {statistics.stdev(d):.1f} "
-                             f"(lower on {sum(x < 0 for x in d)} of {len(d)})")
-            print(f"  {kind} {b:g} bits: " + ", ".join(cells))
+            print(f"  {kind} {b:g} bits: " + ", ".join(f"vs {o} {spread(complete, kind, b, o)}"
+                                                       for o in ("random", "frozen")))
+
+
+def markdown(rows: list[dict]) -> None:
+    """The acceptance tables of a note or the README: final hypervolume per seed, held-out perplexity at the
+    allocator's configurations per seed (search / random / frozen, ✗ with the gap to the better ablation), and
+    100·ln(search / ablation) over the seeds."""
+    by_seed = {}
+    for r in rows:
+        by_seed.setdefault(r["seed"], {})[r["mode"]] = r
+    modes = ("search", "random", "frozen")
+    full = {s: m for s, m in sorted(by_seed.items()) if set(modes) <= set(m)}
+    print("\n| seed | search | random | frozen | search − random |\n|---|---|---|---|---|")
+    for s, m in full.items():
+        hv = [m[k]["hv_train"][-1] for k in modes]
+        print(f"| {s} | {hv[0]:.4f} | {hv[1]:.4f} | {hv[2]:.4f} | {hv[0] - hv[1]:+.4f} |")
+    complete = complete_seeds(full, "allocator")
+    if not complete:
+        return
+    budgets = list(next(iter(complete.values()))["search"]["ppl"]["allocator"])
+    print("\n| seed | " + " | ".join(f"{b:g} bits" for b in budgets) + " |\n|---" + "|---" * len(budgets) + "|")
+    for s, m in complete.items():
+        cells = []
+        for b in budgets:
+            v = [m[k]["ppl"]["allocator"][b] for k in modes]
+            mark = "✓" if v[0] <= min(v[1:]) else f"✗ ({100 * (v[0] / min(v[1:]) - 1):+.1f} %)"
+            cells.append(f"{v[0]:.2f} / {v[1]:.2f} / {v[2]:.2f} {mark}")
+        print(f"| {s} | " + " | ".join(cells) + " |")
+    if len(complete) < 2:
+        return
+    print("\n| bits | vs random | vs frozen |\n|---|---|---|")
+    seeds = list(complete.values())
+    for b in budgets:
+        print(f"| {b:g} | " + " | ".join(spread(seeds, "allocator", b, o) for o in ("random", "frozen")) + " |")
 
 
 def perplexities(runs: list[Path], budgets: list[float], windows: int, model: str, kinds: list[str]) -> dict:
@@ -219,6 +254,7 @@ def main() -> None:
                         help="comma-separated kinds of configuration per budget: allocator, searched")
     parser.add_argument("--model", default="smollm2", help="the runs' model (for --ppl-budgets and --draws)")
     parser.add_argument("--draws", action="store_true", help="also count the training draws per bit range")
+    parser.add_argument("--markdown", action="store_true", help="also print the acceptance tables in markdown")
     parser.add_argument("--ppl-from", help="comma-separated outputs of earlier calls: reuse their held-out "
                                            "perplexities (e.g. seeds evaluated in separate calls), measuring none")
     args = parser.parse_args()
@@ -270,6 +306,8 @@ def main() -> None:
             print(f"{'':>7s}  held-out perplexity ({kind}) "
                   + ", ".join(f"{b:g} bits {v:.2f}" for b, v in by_budget.items()))
     verdicts(rows)
+    if args.markdown:
+        markdown(rows)
     if args.html:
         import plotly.graph_objects as go
 
