@@ -81,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder, e.g. runs/NAME")
     p.add_argument("--steps", type=int, help="optimiser steps (default 60: about 15 minutes on SmolLM2, 2 CPU cores)")
     p.add_argument("--configs-per-step", type=int, help="configurations per step, k (default 2)")
-    p.add_argument("--draws", choices=["anchored", "quasi", "random"],
+    p.add_argument("--draws", choices=["anchored", "stratified", "quasi", "random"],
                    help="how a step picks its k configurations: anchored (default; evenly over the set's members, its "
-                        "lowest and highest keeping their initial share), quasi (evenly over all members) or random "
-                        "(a uniform k-subset per step)")
+                        "lowest and highest keeping their initial share), stratified (every initial configuration "
+                        "keeps its share, shared with the members added near it), quasi (evenly over all members) or "
+                        "random (a uniform k-subset per step)")
     p.add_argument("--rank", type=int, help="LoRA rank r (default 8)")
     p.add_argument("--objective", choices=["lm", "kd"], help="lm: next-token loss; kd: distil the unquantized model")
     p.add_argument("--budgets", help="comma-separated bit budgets of the configuration set (qlora/lqlora: one); "

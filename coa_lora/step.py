@@ -87,14 +87,53 @@ def anchored_draws(seed: int, step: int, k: int, n: int, n_initial: int) -> list
     return _distinct(positions, n)
 
 
+def stratified_draws(seed: int, step: int, k: int, bits: list[float], initial_bits: list[float]) -> list[int]:
+    """``min(k, n)`` distinct positions in a training set whose members have average ``bits`` (sorted), at ``step``,
+    where the set started as the configurations of ``initial_bits`` (sorted).
+
+    As :func:`anchored_draws`, and each initial configuration between the ends also keeps its share: quantile ``q``
+    picks the initial configuration ``i = floor(q · n_initial)`` and then, by ``frac(q · n_initial)``, one of the
+    members in its stratum, the bits nearer to it than to its initial neighbours. A search that adds members where the
+    front has gaps then varies the configurations trained at every part of the bit range without moving training
+    from one part to another. (With anchored draws, SmolLM2 search runs whose proposals went mostly under 3.5 bits
+    trained 3.5-4.25 bits 7-13 times in 72 draws against frozen's 13-15, and were 0.15-1.3 % worse than frozen in
+    held-out perplexity at 4 bits on each of seeds 0-4.) A stratum left empty (its initial configuration was dropped from the
+    set and nothing was added near it) draws the interior member nearest to it. On the initial set these are the
+    draws of :func:`anchored_draws`.
+    """
+    n, m = len(bits), len(initial_bits)
+    if m < 3 or n < 3:
+        return quasi_draws(seed, step, k, n)
+    # interior member p (1 .. n-2) belongs to the interior stratum whose initial configuration is nearest in bits
+    bounds = [(initial_bits[i] + initial_bits[i + 1]) / 2 for i in range(1, m - 2)]
+    strata: list[list[int]] = [[] for _ in range(m)]
+    for p in range(1, n - 1):
+        strata[1 + sum(bits[p] >= b for b in bounds)].append(p)
+    positions = []
+    for q in _weyl(seed, step, k)[:min(k, n)]:
+        t = q * m
+        i = int(t)
+        if i == 0:
+            positions.append(0)
+        elif i >= m - 1:
+            positions.append(n - 1)
+        else:
+            members = strata[i] or [min(range(1, n - 1), key=lambda p: abs(bits[p] - initial_bits[i]))]
+            positions.append(members[min(int((t - i) * len(members)), len(members) - 1)])
+    return _distinct(positions, n)
+
+
 def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int, n_windows: int,
-               n_initial: int) -> tuple[list[int], list[torch.Tensor], int]:
+               n_initial: int, bits: list[float] | None = None,
+               initial_bits: list[float] | None = None) -> tuple[list[int], list[torch.Tensor], int]:
     """One replica's randomness at ``step``: the configurations (indices into the training set, which the trainer
     keeps sorted by average bits; replica 0's draw, for every replica), ``grad_accumulation`` tensors
     ``(batch_size,)`` of window indices, and a dropout seed.
 
     Configurations: :func:`anchored_draws` (``options.draws == "anchored"``; ``n_initial``: the initial set's size,
-    which the other draws ignore), :func:`quasi_draws` (``"quasi"``) or a uniform random permutation's first k
+    which the other draws ignore), :func:`stratified_draws` (``"stratified"``; ``bits`` and ``initial_bits``: the
+    average bits of the set's members and of the initial set, both sorted), :func:`quasi_draws` (``"quasi"``) or a
+    uniform random permutation's first k
     (``"random"``, runs made before). Replica 0 draws from the (seed, step) generator in the order the single-process
     trainer always has; replica j > 0 draws its windows and dropout from its own (seed, step, j) generator, so
     whichever process runs it (and a resume) draws the same.
@@ -106,6 +145,10 @@ def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int, n
         chosen = quasi_draws(options.seed, step, options.configs_per_step, n_configs)
     elif options.draws == "anchored":
         chosen = anchored_draws(options.seed, step, options.configs_per_step, n_configs, n_initial)
+    elif options.draws == "stratified":
+        if bits is None or initial_bits is None or len(bits) != n_configs or len(initial_bits) != n_initial:
+            raise ValueError("Stratified draws need the average bits of the set's members and of the initial set.")
+        chosen = stratified_draws(options.seed, step, options.configs_per_step, bits, initial_bits)
     if replica:
         # A seed range of its own per replica: replica 0's seeds stay below 2**48 for any practical seed and step.
         g = torch.Generator().manual_seed((replica << 48) + options.seed * 1_000_003 + step)

@@ -173,6 +173,7 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
     configs = order(_from_main(ranks, wb.layout, training_configs(wb, folder, options.budgets, progress)
                                if ranks.is_main else None))
     n_initial = len(configs)  # anchored draws keep the ends at their initial share
+    initial_bits = [c.avg_bits for c in configs]  # stratified draws keep every initial configuration's share
     coa = build_adapter(wb, options)
     coa.set_config(configs[0])
     lq_bases = None
@@ -216,7 +217,8 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
         if step in round_at:
             configs = order(_from_main(ranks, wb.layout, configs))
         t0 = time.perf_counter()
-        draws = [step_draws(options, step, j, len(configs), len(pool), n_initial) for j in mine]
+        draws = [step_draws(options, step, j, len(configs), len(pool), n_initial,
+                            [c.avg_bits for c in configs], initial_bits) for j in mine]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, options)
         coa.train(True)

@@ -16,7 +16,7 @@ from .search_run import SEARCH_MODES
 
 METHODS = ("coa", "shared", "qlora", "lqlora")
 OBJECTIVES = ("lm", "kd")
-DRAWS = ("anchored", "quasi", "random")
+DRAWS = ("anchored", "stratified", "quasi", "random")
 SINGLE_CONFIG_METHODS = ("qlora", "lqlora")
 
 
@@ -46,6 +46,8 @@ class TrainOptions:
     configs_per_step: int = 2  # k: the official code's value
     # How a step picks its k configurations: "anchored" (coa_lora.step.anchored_draws: evenly over the set's members,
     # but its lowest and highest configuration keep their initial share whatever a search adds next to them),
+    # "stratified" (coa_lora.step.stratified_draws: every initial configuration keeps its share, shared with the
+    # members a search adds near it),
     # "quasi" (coa_lora.step.quasi_draws: evenly over all members, the default before) or "random" (a uniform random
     # k-subset each step, as the first runs did).
     draws: str = "anchored"

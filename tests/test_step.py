@@ -1,9 +1,11 @@
-"""A step's configuration draws: over the set's members (quasi), with the ends anchored (anchored)."""
+"""A step's configuration draws: over the set's members (quasi), with the ends anchored (anchored), per initial
+configuration (stratified)."""
 import dataclasses
 
+import pytest
 import torch
 
-from coa_lora.step import anchored_draws, quasi_draws, step_draws
+from coa_lora.step import anchored_draws, quasi_draws, step_draws, stratified_draws
 from coa_lora.train_options import TrainOptions
 
 
@@ -37,3 +39,37 @@ def test_anchored_draws_are_quasi_draws_on_the_initial_set_and_keep_the_ends_sha
     o = TrainOptions(seed=1)
     assert step_draws(o, 5, 0, 16, 10, 10)[0] == anchored_draws(1, 5, 2, 16, 10)
     assert step_draws(dataclasses.replace(o, draws="quasi"), 5, 0, 16, 10, 10)[0] == quasi_draws(1, 5, 2, 16)
+
+
+def test_stratified_draws_keep_every_initial_configurations_share():
+    initial = [2.5 + 0.5 * i for i in range(10)]  # 2.5 .. 7.0 bits
+    for seed in range(4):
+        for n in (3, 5, 10):
+            b = initial[:n]
+            assert all(stratified_draws(seed, step, k, b, b) == anchored_draws(seed, step, k, n, n)
+                       for k in (1, 2, 3) for step in range(300))
+    # A search adds four members under 3.25 bits and one at 6.1: 15 members. Every initial configuration's stratum
+    # (the members nearer to it than to its initial neighbours) is drawn exactly as often as the configuration was
+    # alone, while anchored draws cut the 4.0- and 4.5-bit configurations' 40 draws to 25.
+    grown = sorted(initial + [2.6, 2.8, 2.9, 3.2, 6.1])
+    stratum = [0, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7, 7, 8, 9]  # of each grown member, by bits
+    def counts(draw):
+        return torch.bincount(torch.tensor([p for step in range(100) for p in draw(step)]), minlength=15)
+    alone = counts(lambda step: stratified_draws(1, step, 2, initial, initial))[:10]
+    strat = counts(lambda step: stratified_draws(1, step, 2, grown, initial))
+    per_stratum = torch.zeros(10, dtype=torch.long).index_add_(0, torch.tensor(stratum), strat)
+    assert per_stratum.tolist() == alone.tolist() and strat.sum() == 200
+    assert strat[1:6].min() >= 1  # the members added share their stratum's draws
+    anchored = counts(lambda step: anchored_draws(1, step, 2, 15, 10))
+    assert int(anchored[7] + anchored[8]) == 25 and int(strat[7] + strat[8]) == int(alone[3] + alone[4]) == 40
+    # An initial configuration dropped from the set (4.0 bits) with nothing added near it: its draws go to the
+    # interior member nearest to it.
+    dropped = [b for b in initial if b != 4.0]
+    got = counts(lambda step: stratified_draws(1, step, 2, dropped, initial))[:9]
+    # 3.5 and 4.5 bits are equally near: the lower (position 2) takes 4.0's share
+    assert int(got[2]) == int(alone[2] + alone[3]) and int(got[3]) == int(alone[4]) and got.sum() == 200
+    # Options name the draws; stratified ones need both sets' bits.
+    o = TrainOptions(seed=1, draws="stratified")
+    assert step_draws(o, 5, 0, 15, 10, 10, grown, initial)[0] == stratified_draws(1, 5, 2, grown, initial)
+    with pytest.raises(ValueError, match="average bits"):
+        step_draws(o, 5, 0, 15, 10, 10)
