@@ -93,9 +93,11 @@ def test_frozen_keeps_the_initial_set_and_random_adds_random_configurations(tmp_
     t = read_search_tables(tmp_path / "frozen")
     assert t["rounds"]["n_new"].tolist() == [len(frozen.configs), 0, 0]
     assert len(frozen.configs) == len(t["pool"]) == t["rounds"].loc[0, "n_pool"]
-    train(Workbench.load("tiny"), TrainOptions(search="random", **options), tmp_path / "random")
+    # (stratified draws: the trainer hands them the grown set's bits and the initial set's)
+    train(Workbench.load("tiny"), TrainOptions(search="random", draws="stratified", **options), tmp_path / "random")
     t = read_search_tables(tmp_path / "random")
     assert t["pool"].groupby("source").size().to_dict() == {"initial": len(frozen.configs), "random": 3}
+    assert [len(set(c)) for c in read_metrics(tmp_path / "random")["configs"]] == [2, 2, 2]
     # Both runs fixed the same plane from the same initial set: their hypervolumes are comparable.
     assert read_run_info(tmp_path / "frozen").search_plane == read_run_info(tmp_path / "random").search_plane
 
