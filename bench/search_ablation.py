@@ -71,9 +71,14 @@ def proposals(pool, plane: dict) -> dict:
     return out
 
 
+# Bit bands the draws are counted in: the evaluated budgets' neighbourhoods (2.5, 3, 3.5 and 4 bits) and the rest.
+DRAW_BANDS = (0.0, 2.75, 3.5, 4.25, 99.0)
+
+
 def draws_by_bits(runs: list[Path], model: str) -> dict:
-    """``{run: {"at_lowest": n, "below_3.05": n, "total": n, "lowest_final_f1": f1}}``: how often training drew the
-    lowest-bit configuration and configurations under 3.05 bits, from metrics.jsonl's configuration keys."""
+    """``{run: {"at_lowest": n, "below_3.05": n, "total": n, "bands": {band: n}, "lowest_final_f1": f1}}``: how often
+    training drew the lowest-bit configuration, configurations under 3.05 bits and in each of :data:`DRAW_BANDS`,
+    from metrics.jsonl's configuration keys."""
     import torch
 
     from coa_lora import ModelConfig, Workbench
@@ -88,11 +93,13 @@ def draws_by_bits(runs: list[Path], model: str) -> dict:
         drawn = [bits[k] for keys in read_metrics(run)["configs"] for k in keys]
         lowest = float(pool["avg_bits"].min())
         final = history[history["round"] == history["round"].max()]
+        bands = {f"{lo:g}-{hi:g}": sum(lo <= b < hi for b in drawn) for lo, hi in zip(DRAW_BANDS, DRAW_BANDS[1:])}
         out[str(run)] = {"at_lowest": sum(b <= lowest + 1e-9 for b in drawn),
-                         "below_3.05": sum(b < 3.05 for b in drawn), "total": len(drawn),
+                         "below_3.05": sum(b < 3.05 for b in drawn), "total": len(drawn), "bands": bands,
                          "lowest_final_f1": float(final.loc[final["avg_bits"].idxmin(), "f1"])}
         print(f"  draws {run}: lowest-bit configuration {out[str(run)]['at_lowest']}, under 3.05 bits "
-              f"{out[str(run)]['below_3.05']} of {len(drawn)}; its final f1 {out[str(run)]['lowest_final_f1']:.2f}")
+              f"{out[str(run)]['below_3.05']} of {len(drawn)}; its final f1 {out[str(run)]['lowest_final_f1']:.2f}; "
+              "by bits " + ", ".join(f"{k}: {v}" for k, v in bands.items()))
     return out
 
 

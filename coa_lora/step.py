@@ -96,8 +96,10 @@ def stratified_draws(seed: int, step: int, k: int, bits: list[float], initial_bi
     members in its stratum, the bits nearer to it than to its initial neighbours. A search that adds members where the
     front has gaps then varies the configurations trained at every part of the bit range without moving training
     from one part to another. (With anchored draws, SmolLM2 search runs whose proposals went mostly under 3.5 bits
-    trained 3.5-4.25 bits 7-13 times in 72 draws against frozen's 13-15, and were 0.15-1.3 % worse than frozen in
-    held-out perplexity at 4 bits on each of seeds 0-4.) A stratum left empty (its initial configuration was dropped from the
+    trained 3.5-4.25 bits 7-13 times in 72 draws against frozen's 13-15, and were 0.2-1.3 % worse than frozen in
+    held-out perplexity at 4 bits on 5 of seeds 0-5. Stratified, seeds 0, 1 and 4 trained that range 10-12 times
+    and were 0.1 % better than frozen there on average, but lost search's 3-bit lead: the trade moves, it does not go
+    away, so anchored stays the default.) A stratum left empty (its initial configuration was dropped from the
     set and nothing was added near it) draws the interior member nearest to it. On the initial set these are the
     draws of :func:`anchored_draws`.
     """
