@@ -71,7 +71,8 @@ def proposals(pool, plane: dict) -> dict:
     return out
 
 
-# Bit bands the draws are counted in: the evaluated budgets' neighbourhoods (2.5, 3, 3.5 and 4 bits) and the rest.
+# Bit bands the draws are counted in: the lowest configurations, up to 3.5 bits, 3.5-4.25 (SmolLM2's 3.56- and
+# 4.08-bit initial configurations, around the 4-bit budget) and the rest.
 DRAW_BANDS = (0.0, 2.75, 3.5, 4.25, 99.0)
 
 

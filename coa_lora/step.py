@@ -1,7 +1,7 @@
 """One optimiser step's gradient (METHOD.md §5): k configurations × micro-batches, over data-parallel replicas.
 
-    draws = [step_draws(options, step, j, len(configs), len(pool), n_initial)
-             for j in ranks.replicas(options.replicas)]
+    draws = [step_draws(options, step, j, len(configs), len(pool), n_initial, bits, initial_bits)
+             for j in ranks.replicas(options.replicas)]  # bits: only stratified draws read them
     loss = step_gradients(coa, coa.set_config, params, configs, pool, draws, options, ranks)
 
 A replica is one copy of the step's micro-batches with its own windows and dropout; every replica trains the same
@@ -93,19 +93,23 @@ def stratified_draws(seed: int, step: int, k: int, bits: list[float], initial_bi
 
     As :func:`anchored_draws`, and each initial configuration between the ends also keeps its share: quantile ``q``
     picks the initial configuration ``i = floor(q · n_initial)`` and then, by ``frac(q · n_initial)``, one of the
-    members in its stratum, the bits nearer to it than to its initial neighbours. A search that adds members where the
-    front has gaps then varies the configurations trained at every part of the bit range without moving training
-    from one part to another. (With anchored draws, SmolLM2 search runs whose proposals went mostly under 3.5 bits
-    trained 3.5-4.25 bits 7-13 times in 72 draws against frozen's 13-15, and were 0.2-1.3 % worse than frozen in
-    held-out perplexity at 4 bits on 5 of seeds 0-5. Stratified, seeds 0, 1 and 4 trained that range 10-12 times
-    and were 0.1 % better than frozen there on average, but lost search's 3-bit lead: the trade moves, it does not go
-    away, so anchored stays the default.) A stratum left empty (its initial configuration was dropped from the
-    set and nothing was added near it) draws the interior member nearest to it. On the initial set these are the
-    draws of :func:`anchored_draws`.
+    members in its stratum: those nearer to it in bits than to its initial neighbours (the strata next to the ends
+    also take the interior members beyond them). A search that adds members where the front has gaps then varies the
+    configurations trained at every part of the bit range without moving training from one part to another. (With
+    anchored draws, SmolLM2 search runs whose proposals went mostly under 3.5 bits trained 3.5-4.25 bits 7-13 times
+    in 72 draws against frozen's 13-15, and were 0.2-1.3 % worse than frozen in held-out perplexity at 4 bits on 5
+    of seeds 0-5. Stratified, seeds 0, 1 and 4 trained that range 10-12 times and were level with frozen at 4 bits
+    (100·ln ratio −0.1 ± 0.4), but lost search's 3-bit lead: the trade moves, it does not go away, so anchored stays
+    the default.) A stratum left empty (its initial configuration was dropped from the set and nothing was added
+    near it) draws the interior member nearest to it. On the initial set these are the draws of
+    :func:`anchored_draws`, and so are all draws of a set whose initial bits are not distinct (two initial
+    configurations of equal bits would share one stratum).
     """
     n, m = len(bits), len(initial_bits)
     if m < 3 or n < 3:
         return quasi_draws(seed, step, k, n)
+    if any(a >= b for a, b in zip(initial_bits, initial_bits[1:])):
+        return anchored_draws(seed, step, k, n, m)
     # interior member p (1 .. n-2) belongs to the interior stratum whose initial configuration is nearest in bits
     bounds = [(initial_bits[i] + initial_bits[i + 1]) / 2 for i in range(1, m - 2)]
     strata: list[list[int]] = [[] for _ in range(m)]
@@ -135,10 +139,9 @@ def step_draws(options: TrainOptions, step: int, replica: int, n_configs: int, n
     Configurations: :func:`anchored_draws` (``options.draws == "anchored"``; ``n_initial``: the initial set's size,
     which the other draws ignore), :func:`stratified_draws` (``"stratified"``; ``bits`` and ``initial_bits``: the
     average bits of the set's members and of the initial set, both sorted), :func:`quasi_draws` (``"quasi"``) or a
-    uniform random permutation's first k
-    (``"random"``, runs made before). Replica 0 draws from the (seed, step) generator in the order the single-process
-    trainer always has; replica j > 0 draws its windows and dropout from its own (seed, step, j) generator, so
-    whichever process runs it (and a resume) draws the same.
+    uniform random permutation's first k (``"random"``, runs made before). Replica 0 draws from the (seed, step)
+    generator in the order the single-process trainer always has; replica j > 0 draws its windows and dropout from
+    its own (seed, step, j) generator, so whichever process runs it (and a resume) draws the same.
     """
     g = torch.Generator().manual_seed(options.seed * 1_000_003 + step)
     # The permutation is drawn either way, so a step's windows and dropout do not depend on how configurations are.

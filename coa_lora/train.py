@@ -167,8 +167,8 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
                    library_versions())
     if ranks.is_main:
         _prepare_folder(folder, info, resume)
-    # Anchored and quasi-random draws index the set in bits order (coa_lora.step); "random" keeps the order runs made
-    # before them trained in, so they resume exactly.
+    # Anchored, stratified and quasi-random draws index the set in bits order (coa_lora.step); "random" keeps the
+    # order runs made before them trained in, so they resume exactly.
     order = list if options.draws == "random" else bits_sorted
     configs = order(_from_main(ranks, wb.layout, training_configs(wb, folder, options.budgets, progress)
                                if ranks.is_main else None))
@@ -217,8 +217,8 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
         if step in round_at:
             configs = order(_from_main(ranks, wb.layout, configs))
         t0 = time.perf_counter()
-        draws = [step_draws(options, step, j, len(configs), len(pool), n_initial,
-                            [c.avg_bits for c in configs], initial_bits) for j in mine]
+        bits = [c.avg_bits for c in configs] if options.draws == "stratified" else None
+        draws = [step_draws(options, step, j, len(configs), len(pool), n_initial, bits, initial_bits) for j in mine]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, options)
         coa.train(True)

@@ -13,6 +13,7 @@ from coa_lora.config import ModelConfig
 from coa_lora.pareto import HypervolumePlane
 from coa_lora.runs import CHECKPOINT_FILE, read_metrics, read_run_info, read_search_tables
 from coa_lora.search_run import round_steps
+from coa_lora.step import stratified_draws
 from coa_lora.storage import read_safetensors
 from coa_lora.train import TrainOptions, train
 
@@ -97,7 +98,16 @@ def test_frozen_keeps_the_initial_set_and_random_adds_random_configurations(tmp_
     train(Workbench.load("tiny"), TrainOptions(search="random", draws="stratified", **options), tmp_path / "random")
     t = read_search_tables(tmp_path / "random")
     assert t["pool"].groupby("source").size().to_dict() == {"initial": len(frozen.configs), "random": 3}
-    assert [len(set(c)) for c in read_metrics(tmp_path / "random")["configs"]] == [2, 2, 2]
+    # The last step (after the round) drew by the grown set's bits and the initial set's, both in bits order.
+    history = t["history"]
+    grown = history[(history["round"] == 1) & history["selected"]]
+    by_id = {int(r["id"]): (r["avg_bits"], ModelConfig.from_option_indices(frozen.configs[0].layout, r["options"]).key())
+             for _, r in t["pool"].iterrows()}
+    members = sorted(by_id[int(i)] for i in grown["id"])  # bits_sorted: (bits, key)
+    initial = sorted(b for b, _ in (by_id[int(i)] for i in t["pool"][t["pool"]["source"] == "initial"]["id"]))
+    assert len(members) > len(initial)  # the set grew, so the draws differ from anchored ones in general
+    expected = [members[p][1] for p in stratified_draws(0, 2, 2, [b for b, _ in members], initial)]
+    assert read_metrics(tmp_path / "random")["configs"].iloc[-1] == expected
     # Both runs fixed the same plane from the same initial set: their hypervolumes are comparable.
     assert read_run_info(tmp_path / "frozen").search_plane == read_run_info(tmp_path / "random").search_plane
 

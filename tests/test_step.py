@@ -44,10 +44,13 @@ def test_anchored_draws_are_quasi_draws_on_the_initial_set_and_keep_the_ends_sha
 def test_stratified_draws_keep_every_initial_configurations_share():
     initial = [2.5 + 0.5 * i for i in range(10)]  # 2.5 .. 7.0 bits
     for seed in range(4):
-        for n in (3, 5, 10):
+        for n in (2, 3, 5, 10):
             b = initial[:n]
             assert all(stratified_draws(seed, step, k, b, b) == anchored_draws(seed, step, k, n, n)
-                       for k in (1, 2, 3) for step in range(300))
+                       for k in (1, 2, 3, 4) for step in range(300))
+    # Two initial configurations of equal bits cannot be told apart by bits: such a set keeps anchored draws.
+    tied = [2.5, 3.0, 3.5, 3.5, 4.0, 4.5]
+    assert all(stratified_draws(0, step, 2, tied, tied) == anchored_draws(0, step, 2, 6, 6) for step in range(300))
     # A search adds four members under 3.25 bits and one at 6.1: 15 members. Every initial configuration's stratum
     # (the members nearer to it than to its initial neighbours) is drawn exactly as often as the configuration was
     # alone, while anchored draws cut the 4.0- and 4.5-bit configurations' 40 draws to 25.
