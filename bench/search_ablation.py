@@ -104,12 +104,18 @@ def draws_by_bits(runs: list[Path], model: str) -> dict:
     return out
 
 
-def verdicts(rows: list[dict]) -> None:
-    """Issue 12's acceptance per seed: final training-set hypervolume search ≥ random and > frozen; held-out
-    perplexity of search no worse than either at each budget and kind of configuration (when measured)."""
+def group_by_seed(rows: list[dict]) -> dict:
+    """``{seed: {mode: row}}`` of the summarised runs."""
     by_seed = {}
     for r in rows:
         by_seed.setdefault(r["seed"], {})[r["mode"]] = r
+    return by_seed
+
+
+def verdicts(rows: list[dict]) -> None:
+    """Issue 12's acceptance per seed: final training-set hypervolume search ≥ random and > frozen; held-out
+    perplexity of search no worse than either at each budget and kind of configuration (when measured)."""
+    by_seed = group_by_seed(rows)
     print("\nper seed: final hv_train (search / random / frozen) and held-out perplexity (search / random / frozen)")
     for seed, modes in sorted(by_seed.items()):
         if not {"search", "random", "frozen"} <= set(modes):
@@ -198,11 +204,8 @@ def markdown(rows: list[dict]) -> None:
     """The acceptance tables of a note or the README: final hypervolume per seed, held-out perplexity at the
     allocator's configurations per seed (search / random / frozen, ✗ with the gap to the better ablation), and
     100·ln(search / ablation) over the seeds."""
-    by_seed = {}
-    for r in rows:
-        by_seed.setdefault(r["seed"], {})[r["mode"]] = r
     modes = ("search", "random", "frozen")
-    full = {s: m for s, m in sorted(by_seed.items()) if set(modes) <= set(m)}
+    full = {s: m for s, m in sorted(group_by_seed(rows).items()) if set(modes) <= set(m)}
     print("\n| seed | search | random | frozen | search − random |\n|---|---|---|---|---|")
     for s, m in full.items():
         hv = [m[k]["hv_train"][-1] for k in modes]

@@ -10,6 +10,7 @@ processes of a torchrun job by :class:`coa_lora.distributed.Ranks`, or in one pr
 """
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -114,7 +115,7 @@ def stratified_draws(seed: int, step: int, k: int, bits: list[float], initial_bi
     bounds = [(initial_bits[i] + initial_bits[i + 1]) / 2 for i in range(1, m - 2)]
     strata: list[list[int]] = [[] for _ in range(m)]
     for p in range(1, n - 1):
-        strata[1 + sum(bits[p] >= b for b in bounds)].append(p)
+        strata[1 + bisect.bisect_right(bounds, bits[p])].append(p)
     positions = []
     for q in _weyl(seed, step, k)[:min(k, n)]:
         t = q * m
