@@ -8,9 +8,8 @@ from typing import Optional
 
 import streamlit as st
 
-from coa_lora.explorer import Explorer
-from coa_lora.run_view import RunView, find_runs
-from coa_lora.runs import read_run_info
+from coa_lora import Explorer, read_run_info
+from coa_lora.search import RunView, find_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shipped reference runs (see README: how they were made); the tests point this at their own runs.

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import streamlit as st
-
-from coa_lora import plots
-from coa_lora.mc_tasks import embedded_tasks
-from coa_lora.models import REFERENCE_LABEL
 from common import compare_run, current_run, explorer
 from jobs import Job, start_thread
+
+from coa_lora import plots
+from coa_lora.evaluation import embedded_tasks
+from coa_lora.models import REFERENCE_LABEL
 
 PPL = "ppl"
 

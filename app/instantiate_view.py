@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+from common import current_run, explorer
 
 from coa_lora import ModelConfig, plots
-from common import current_run, explorer
 
 SOURCES = {"allocator": "Allocator (exact MILP)", "searched": "Run's searched set", "picked": "Picked point"}
 STEP = 0.05

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from coa_lora import EvaluationCancelled
-from coa_lora.run_view import open_run
+from coa_lora.search import open_run
 
 
 @dataclass

@@ -3,7 +3,6 @@ each view lives in its own module."""
 from __future__ import annotations
 
 import streamlit as st
-
 from common import explorer, sidebar
 
 st.set_page_config(page_title="coa-lora explorer", page_icon=":material/memory:", layout="wide")
@@ -17,6 +16,7 @@ page = st.navigation([
     st.Page("instantiate_view.py", title="Instantiate", icon=":material/tune:"),
     st.Page("evaluate_view.py", title="Evaluate", icon=":material/fact_check:"),
     st.Page("train_view.py", title="Train", icon=":material/model_training:"),
+    st.Page("compare_view.py", title="Compare", icon=":material/leaderboard:"),
     st.Page("about_view.py", title="About", icon=":material/school:"),
 ])
 page.run()

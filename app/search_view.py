@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import streamlit as st
+from common import current_run, known_runs, run_view
 
 from coa_lora import plots
-from common import current_run, known_runs, run_view
 
 PLAY_SECONDS = 1.5
 

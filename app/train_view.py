@@ -5,10 +5,10 @@ import re
 import shlex
 
 import streamlit as st
-
-from coa_lora.train import DEFAULT_HIGH_BITS, DEFAULT_LOW_BITS, TrainOptions, even_budgets
 from common import MODEL, RUNS_DIR, train_jobs
 from jobs import TrainJob, train_command
+
+from coa_lora.lora import DEFAULT_HIGH_BITS, DEFAULT_LOW_BITS, TrainOptions, even_budgets
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 

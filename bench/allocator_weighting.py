@@ -12,7 +12,7 @@ import argparse
 import json
 
 from coa_lora import ModelConfig, Workbench, preset
-from coa_lora.perplexity import PerplexityOptions, heldout_perplexity
+from coa_lora.evaluation.perplexity import PerplexityOptions, heldout_perplexity
 
 
 def main() -> None:

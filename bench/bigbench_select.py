@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 
 from coa_lora import ModelConfig, Workbench, preset
-from coa_lora.bigbench import read_task, write_embedded
-from coa_lora.evaluate import evaluate_task
-from coa_lora.mc_tasks import EMBEDDED_DIR, Task
+from coa_lora.evaluation.bigbench import read_task, write_embedded
+from coa_lora.evaluation.scoring import evaluate_task
+from coa_lora.evaluation.tasks import EMBEDDED_DIR, Task
 from coa_lora.storage import atomic_write_bytes
 
 # Multiple-choice tasks of bigbench 1.0.0 with >= 300 items, one top-level task.json, a single top-scoring choice,
@@ -104,7 +104,7 @@ def selection_markdown(table: dict, labels: list[str], limit: int, alloc_bits: f
         f"{','.join(table)} --limit {limit} --configs {','.join(labels)} --write` on SmolLM2-135M-Instruct "
         "(float32, CPU).",
         "Accuracy is lm-evaluation-harness `acc` on the first items of each task in file order, zero-shot, "
-        "BIG-bench's prompt (see `coa_lora/bigbench.py`).",
+        "BIG-bench's prompt (see `coa_lora/evaluation/bigbench.py`).",
         f"2.5 bits = the allocator's configuration at a 2.5-bit budget ({alloc_bits:.3f} average bits per weight); "
         "NF4/NF3/NF2 (when present) = every target matrix uniform (B0 = 64, 8-bit fp32-scaled double "
         "quantization, B1 = 256).",

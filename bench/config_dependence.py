@@ -15,8 +15,8 @@ import json
 import torch
 
 from coa_lora import Workbench, load_trained
-from coa_lora.adapter import config_features
-from coa_lora.perplexity import heldout_perplexity
+from coa_lora.evaluation.perplexity import heldout_perplexity
+from coa_lora.lora.adapter import config_features
 
 
 def main() -> None:

@@ -12,8 +12,8 @@ import collections
 import json
 
 from coa_lora import Evaluator, Workbench
-from coa_lora.evaluator import default_cache_dir
-from coa_lora.mc_tasks import embedded_tasks
+from coa_lora.evaluation.evaluator import default_cache_dir
+from coa_lora.evaluation.tasks import embedded_tasks
 
 
 def main() -> None:

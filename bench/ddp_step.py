@@ -4,7 +4,7 @@
                              [--seq-length 128] [--train-steps 3]
 
 Step time, the same global batch in every mode (``batch-size`` windows under k configurations per step), each mode
-running the trainer's step (coa_lora.step.accumulate_gradients, then the gradient all-reduce of
+running the trainer's step (coa_lora.lora.step.accumulate_gradients, then the gradient all-reduce of
 coa_lora.distributed, clipping, AdamW):
 
 - ``one_1t`` / ``one_2t``: one process with 1 / 2 torch threads (the other process waits at a barrier);
@@ -14,7 +14,7 @@ coa_lora.distributed, clipping, AdamW):
 The first step is a warm-up (it fills the dequantized-weight caches) and is not timed; the modes alternate within
 each step so machine noise hits them alike. ``allreduce_s``: one all-reduce of every gradient, alone.
 
-Adapter difference: the real trainer (coa_lora.train.train) for ``--train-steps`` steps with 2 replicas of
+Adapter difference: the real trainer (coa_lora.lora.trainer.train) for ``--train-steps`` steps with 2 replicas of
 ``batch-size / 2`` windows, once in the two gloo processes and once in one process with 2 threads; max |Δ| over the
 adapter's parameters, and the trainer's own step times. Prints a table and, last, one JSON object.
 """
@@ -35,10 +35,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from coa_lora import AdapterOptions, CoALoRAModel, ModelConfig, Workbench, distributed
+from coa_lora.lora.step import accumulate_gradients
+from coa_lora.lora.trainer import TrainOptions, train, training_windows
 from coa_lora.runs import CHECKPOINT_FILE, read_metrics
-from coa_lora.step import accumulate_gradients
 from coa_lora.storage import read_safetensors, write_json
-from coa_lora.train import TrainOptions, train, training_windows
 
 MODES = ("one_1t", "one_2t", "two_data", "two_split")
 

@@ -38,9 +38,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from coa_lora import Workbench, evaluate_task, load_task  # noqa: E402
-from coa_lora.harness import Harness, compare, write_harness_task  # noqa: E402
-from coa_lora.loglik import encode_pair  # noqa: E402
-from coa_lora.mc_tasks import EMBEDDED_DIR, Task, embedded_tasks, load_embedded  # noqa: E402
+from coa_lora.evaluation.harness import Harness, compare, write_harness_task  # noqa: E402
+from coa_lora.evaluation.loglik import encode_pair  # noqa: E402
+from coa_lora.evaluation.tasks import EMBEDDED_DIR, Task, embedded_tasks, load_embedded  # noqa: E402
 
 WARM_UP_ITEMS = 4
 # Tasks of the second shape (empty or short contexts, sentence-long choices) shipped for this bench, beside the

@@ -38,7 +38,7 @@ def pct(values, q):
 
 def latencies(model: str, run: Path, samples: int, seed: int, walk: bool) -> dict:
     from coa_lora import plots
-    from coa_lora.allocate import Allocator
+    from coa_lora.configs.allocate import Allocator
     from coa_lora.explorer import Explorer
 
     ex = Explorer.load(model)
@@ -112,7 +112,6 @@ def tree_rss(proc: subprocess.Popen) -> int:
 
 def browser_measures(cache_warm: Path) -> dict:
     from playwright.sync_api import sync_playwright
-
     from test_browser import CHROMIUM, CHROMIUM_ARGS
 
     fresh = Path(tempfile.mkdtemp(prefix="coa_lora_fresh_"))
@@ -166,7 +165,7 @@ def main() -> None:
     p.add_argument("--skip-browser", action="store_true")
     p.add_argument("--jumps", action="store_true", help="random budgets anywhere instead of a slider's walk")
     args = p.parse_args()
-    from coa_lora.assets import cache_dir
+    from coa_lora.models.assets import cache_dir
 
     lat = latencies(args.model, args.run, args.samples, args.seed, not args.jumps)
     rows = [("allocation (grid)", lat["alloc"]), ("slider panel: allocation + instantiate + figures", lat["panel"]),

@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from coa_lora import Workbench, save_packed
-from coa_lora.assets import smollm2_dir
-from coa_lora.models import SMOLLM2
-from coa_lora.quant import warm_up
+from coa_lora.models.assets import smollm2_dir
+from coa_lora.models.loading import SMOLLM2
+from coa_lora.quant.quantizer import warm_up
 
 # Run in a fresh interpreter, so that peak RSS is the load's alone (plus the imports every process pays).
 CHILD = """
@@ -39,7 +39,7 @@ import json, sys, time
 start = time.perf_counter()
 import coa_lora
 import transformers.models.llama.modeling_llama  # the import every load pays is timed apart from the load
-from coa_lora.models import load_model
+from coa_lora.models.loading import load_model
 imported = time.perf_counter()
 kind, arg = sys.argv[1], sys.argv[2]
 

@@ -4,7 +4,7 @@
                                  [--targets raw,censored] [--encodings damage,field]
 
 No training and no forward pass: it reads each run's logged search (search_pool.jsonl, search_history.jsonl) and refits the
-library's GP (:func:`coa_lora.surrogate.fit_surrogate`) with each encoding of :data:`coa_lora.surrogate.ENCODINGS`.
+library's GP (:func:`coa_lora.search.surrogate.fit_surrogate`) with each encoding of :data:`coa_lora.search.surrogate.ENCODINGS`.
 
 - ``kfold``: the final pool's f1 (only configurations the final adapter measured), k-fold held out.
 - ``next``: what the search needs: for each round r ≥ 1, fit on the pool as round r's acquisition saw it (the f1
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from coa_lora.pareto import LOSS_CAP, HypervolumePlane
 from coa_lora.runs import read_run_info, read_search_tables
-from coa_lora.surrogate import ENCODINGS, _spearman, cross_validate, fit_surrogate
+from coa_lora.search.pareto import LOSS_CAP, HypervolumePlane
+from coa_lora.search.surrogate import ENCODINGS, _spearman, cross_validate, fit_surrogate
 
 
 def next_round(history, pool, encoding: str, damage=None, numels=None, censor: float = math.inf) -> dict:

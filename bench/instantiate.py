@@ -16,7 +16,7 @@ import statistics
 import time
 
 from coa_lora import Workbench
-from coa_lora.quant import warm_up
+from coa_lora.quant.quantizer import warm_up
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ if "--cold" in sys.argv:  # before torch is imported: inductor reads its cache f
 import torch  # noqa: E402
 
 from coa_lora import QuantOption, dequantize, kernels, quantize  # noqa: E402
-from coa_lora.quant import dequantize_blockwise, quantize_blockwise  # noqa: E402
+from coa_lora.quant.quantizer import dequantize_blockwise, quantize_blockwise  # noqa: E402
 
 
 def timed(fn, reps: int) -> list[float]:

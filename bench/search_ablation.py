@@ -25,8 +25,8 @@ import argparse
 import json
 from pathlib import Path
 
-from coa_lora.pareto import HypervolumePlane
 from coa_lora.runs import read_metrics, read_run_info, read_search_tables
+from coa_lora.search.pareto import HypervolumePlane
 
 
 def summarise(run: Path) -> dict:

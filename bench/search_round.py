@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from coa_lora.config import ModelConfig
-from coa_lora.instantiate import layout_of
-from coa_lora.models import load_model, model_id
-from coa_lora.search import SearchSettings, SearchState, search_round
-from coa_lora.space import ALL_OPTIONS
+from coa_lora.configs.model_config import ModelConfig
+from coa_lora.lora.instantiate import layout_of
+from coa_lora.models.loading import load_model, model_id
+from coa_lora.quant.space import ALL_OPTIONS
+from coa_lora.search.rounds import SearchSettings, SearchState, search_round
 
 
 def main() -> None:

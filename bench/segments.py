@@ -22,11 +22,11 @@ import torch
 from tqdm import tqdm
 
 from coa_lora import Workbench
-from coa_lora.allocation_grid import GRID_STEP
-from coa_lora.pareto import segment_select
+from coa_lora.configs.allocation_grid import GRID_STEP
+from coa_lora.lora.trainer import TrainOptions, even_budgets, probe_windows
 from coa_lora.runs import read_run_info, read_search_tables
-from coa_lora.search_run import probe_loss
-from coa_lora.train import TrainOptions, even_budgets, probe_windows
+from coa_lora.search.in_run import probe_loss
+from coa_lora.search.pareto import segment_select
 
 
 def kept(bits: torch.Tensor, loss: torch.Tensor, segments: list[int], bits_range: tuple[float, float]) -> dict:

@@ -4,7 +4,7 @@ configuration switch against one step.
     python bench/train_step.py [--model smollm2] [--budgets 2.5,3,4] [--k 2] [--steps 4] [--batch-size 4]
                                [--seq-length 128]
 
-Both methods run the trainer's own step (``coa_lora.train.accumulate_gradients`` + AdamW) on the same batches and
+Both methods run the trainer's own step (``coa_lora.lora.trainer.accumulate_gradients`` + AdamW) on the same batches and
 the same sampled configurations; the first step of each is a warm-up (it fills the dequantized-weight cache) and is
 not timed. The method that runs first alternates from step to step, so neither always pays for (or profits from)
 going first on a batch; the table also gives each method's median split by whether it ran first. Switch cost: alternating ``set_config`` between two cached configurations, with autograd (as in training)
@@ -20,7 +20,7 @@ import time
 import torch
 
 from coa_lora import AdapterOptions, CoALoRAModel, Workbench
-from coa_lora.train import accumulate_gradients, training_windows
+from coa_lora.lora.trainer import accumulate_gradients, training_windows
 
 
 class Stepper:

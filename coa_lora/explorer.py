@@ -20,15 +20,15 @@ from typing import Optional
 
 import torch
 
-from .allocate import Allocation
-from .allocation_grid import GridAllocator
-from .config import ModelConfig
-from .evaluator import Evaluator, Result, default_cache_dir
-from .loglik import StopFn
-from .progress import ProgressFn
-from .run_view import RunView, open_run
-from .space import ALL_OPTIONS
-from .workbench import DEFAULT_WEIGHTING, Workbench
+from coa_lora.configs.allocate import Allocation
+from coa_lora.configs.allocation_grid import GridAllocator
+from coa_lora.configs.model_config import ModelConfig
+from coa_lora.evaluation.evaluator import Evaluator, Result, default_cache_dir
+from coa_lora.evaluation.loglik import StopFn
+from coa_lora.lora.workbench import DEFAULT_WEIGHTING, Workbench
+from coa_lora.progress import ProgressFn
+from coa_lora.quant.space import ALL_OPTIONS
+from coa_lora.search.run_view import RunView, open_run
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Explorer:
 
     def adapter(self, run: str | Path):
         """The trained adapter of ``run``, wrapped around the model (any other adapter is unwrapped first)."""
-        from .train import load_trained
+        from coa_lora.lora.trainer import load_trained
 
         folder = Path(run).expanduser().resolve()
         with self.lock:

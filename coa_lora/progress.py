@@ -39,3 +39,22 @@ def tqdm_progress(desc: str, disable: bool = False) -> Iterator[ProgressFn]:
     finally:
         if bar is not None:
             bar.close()
+
+
+@contextmanager
+def hf_progress_bars_off() -> Iterator[None]:
+    """Turn transformers' progress bars and the hub client's retry warnings off for the block: the library reports
+    through its progress callbacks, and a failed download ends in one ValueError sentence, not a page of retries."""
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hub_level = hub_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(hub_level)
+        if enabled:
+            hf_logging.enable_progress_bar()

@@ -5,7 +5,7 @@
       configs.json             the training configuration set (allocation is slow; a resume reuses it)
       checkpoint.safetensors   adapter + θ + AdamW state as tensors; step and scalars in the JSON metadata
       metrics.jsonl            one JSON object per line: ``pandas.read_json(path, lines=True)``
-      search.json              with ``--search``: the whole search state (coa_lora.search_state.SearchState)
+      search.json              with ``--search``: the whole search state (coa_lora.search.state.SearchState)
       search_{pool,history,rounds}.jsonl   its three tables, one JSON object per line, rewritten after each change
 
 A SIGKILL at any moment leaves either the previous or the new version of each file (temp file + rename), and the
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, ModelLayout
-from .storage import atomic_write_bytes, read_safetensors, write_json, write_safetensors
+from coa_lora.configs.model_config import ModelConfig, ModelLayout
+from coa_lora.storage import atomic_write_bytes, read_safetensors, staged_folder, write_json, write_safetensors
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
@@ -46,7 +46,7 @@ class RunInfo:
     """The contents of ``run.json``."""
 
     model_id: str
-    weight_hash: str  # sha256 of the unquantized model (coa_lora.models.weight_hash): a checkpoint fits only it
+    weight_hash: str  # sha256 of the unquantized model (coa_lora.models.loading.weight_hash): a checkpoint fits only it
     method: str
     hyper: dict  # every training option, as TrainOptions.to_dict() writes it
     seed: int
@@ -206,8 +206,6 @@ def compact_run(src: str | Path, dst: str | Path, dtype: str = "float16") -> Pat
     The copy evaluates and exports like the run (parameters are cast back on load); resuming it is refused in one
     sentence. Written under a temporary name and renamed, so ``dst`` is either absent or complete.
     """
-    import os
-    import secrets
     import shutil
 
     src, dst = Path(src), Path(dst)
@@ -221,19 +219,13 @@ def compact_run(src: str | Path, dst: str | Path, dtype: str = "float16") -> Pat
     tensors, meta = read_safetensors(src / CHECKPOINT_FILE)
     names = json.loads(meta["names"])
     compact = {n: tensors[n].to(COMPACT_DTYPES[dtype]) for n in names}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    with staged_folder(dst) as stage:
         for f in sorted(src.iterdir()):
             if f.is_file() and f.name != CHECKPOINT_FILE and not f.name.startswith("."):
-                shutil.copy2(f, tmp / f.name)
+                shutil.copy2(f, stage / f.name)
         keep = {k: meta[k] for k in ("format_version", "step", "weight_hash", "names")}
-        write_safetensors(tmp / CHECKPOINT_FILE, compact, {**keep, "param_groups": "[]", "scalars": "{}",
-                                                           COMPACT_KEY: dtype})
-        os.rename(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_safetensors(stage / CHECKPOINT_FILE, compact, {**keep, "param_groups": "[]", "scalars": "{}",
+                                                             COMPACT_KEY: dtype})
     return dst
 
 
@@ -276,7 +268,7 @@ SEARCH_TABLES = ("pool", "history", "rounds")
 
 
 def write_search(folder: str | Path, state) -> None:
-    """Save a :class:`~coa_lora.search_state.SearchState` and rewrite its three JSONL tables (each write atomic).
+    """Save a :class:`~coa_lora.search.state.SearchState` and rewrite its three JSONL tables (each write atomic).
 
     search.json is written last: it is the state a resume reads, the tables are views of it for pandas."""
     folder = Path(folder)
@@ -285,12 +277,11 @@ def write_search(folder: str | Path, state) -> None:
     write_json(folder / SEARCH_FILE, state.to_dict())
 
 
-def read_search(folder: str | Path, layout: ModelLayout):
-    """The run's :class:`~coa_lora.search_state.SearchState`, or None when it has none yet."""
-    from .search_state import SearchState
+def read_search(folder: str | Path) -> dict | None:
+    """The run's saved search state as written (``SearchState.from_dict`` rebuilds it), or None when it has none yet.
 
-    d = _read_json(Path(folder) / SEARCH_FILE)
-    return None if d is None else SearchState.from_dict(d, layout)
+    A dict, not the state: this layer sits below the search (the layer diagram in ``coa_lora/__init__.py``)."""
+    return _read_json(Path(folder) / SEARCH_FILE)
 
 
 def read_search_tables(folder: str | Path) -> dict:

@@ -40,11 +40,10 @@ import pandas as pd
 import torch
 
 from coa_lora import ALL_OPTIONS, QuantOption, Workbench, dequantize, matrix_damage, plots, quantize
-from coa_lora.codebook import NF_P, nf_formula, nf_table
-from coa_lora.quant import dequantize_blockwise, quantize_blockwise
+from coa_lora.quant import NF_P, dequantize_blockwise, nf_formula, nf_table, quantize_blockwise
 
 # This notebook quantizes one matrix a handful of times: compiling the quantizer's kernels for each bit width and
-# block size (seconds each) would cost more than it saves, so they run eagerly (same values, tests/test_kernels.py).
+# block size (seconds each) would cost more than it saves, so they run eagerly (same values, tests/quant/test_kernels.py).
 os.environ["COA_LORA_COMPILE"] = "0"
 wb = Workbench.load(MODEL)
 W = wb.qmodel.original_weight(MATRIX)  # the unquantized weight, whatever configuration is applied

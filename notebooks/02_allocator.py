@@ -44,8 +44,8 @@ EXERCISE_BUDGET = 3.5
 import pandas as pd
 
 from coa_lora import EvalOptions, Evaluator, PerplexityOptions, Workbench, plots, preset, quantization_error
-from coa_lora.explorer import Explorer
-from coa_lora.space import OPTION_INDEX
+from coa_lora import Explorer
+from coa_lora.quant import OPTION_INDEX
 
 wb = Workbench.load(MODEL)
 explorer = Explorer(wb)  # the allocator with the shipped grid of exact answers, as the app uses it

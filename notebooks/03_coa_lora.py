@@ -51,14 +51,13 @@ import torch
 
 from coa_lora import (PerplexityOptions, QuantizedModel, TrainOptions, Workbench, export_peft, heldout_perplexity,
                       load_trained, plots)
-from coa_lora.adapter import config_features
-from coa_lora.explorer import Explorer
+from coa_lora.lora import config_features
+from coa_lora import Explorer, train
 from coa_lora.models import load_model
-from coa_lora.run_view import open_run
-from coa_lora.train import train
+from coa_lora.search import open_run
 
 # Two SmolLM2 configurations are applied here: compiling the quantizer's kernels (seconds per bit width and block
-# size) would cost more than it saves, so they run eagerly (same values, tests/test_kernels.py).
+# size) would cost more than it saves, so they run eagerly (same values, tests/quant/test_kernels.py).
 os.environ["COA_LORA_COMPILE"] = "0"
 ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "data" / "reference").is_dir())
 WORK = Path(tempfile.mkdtemp(prefix="coa_tutorial_"))  # the tiny run and the exported adapter go here
@@ -66,7 +65,7 @@ WORK = Path(tempfile.mkdtemp(prefix="coa_tutorial_"))  # the tiny run and the ex
 # %% [markdown]
 # ## 1. A short training run on the tiny model
 #
-# `coa_lora.train.train` is what `python -m coa_lora train` runs. It allocates the initial configuration set (one
+# `coa_lora.lora.trainer.train` is what `python -m coa_lora train` runs. It allocates the initial configuration set (one
 # configuration per budget), wraps every target linear layer in a LoRA wrapper, builds U_θ, and at every step draws
 # k = 2 configurations of the set and averages the gradients of the same batch under each. The tiny model has
 # random weights (a 2-block Llama with SmolLM2's vocabulary), so its loss starts near ln(49,152) ≈ 10.8 and falls

@@ -46,10 +46,10 @@ import pandas as pd
 import torch
 
 from coa_lora import Workbench, plots
-from coa_lora.pareto import non_dominated
-from coa_lora.run_view import open_run
-from coa_lora.space import FIELD_VALUES
-from coa_lora.surrogate import DEFAULT_ENCODING, compare_encodings, encoding_transform, fit_surrogate
+from coa_lora.search import non_dominated
+from coa_lora.search import open_run
+from coa_lora.quant import FIELD_VALUES
+from coa_lora.search import DEFAULT_ENCODING, compare_encodings, encoding_transform, fit_surrogate
 
 ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "data" / "reference").is_dir())
 wb = Workbench.load("smollm2")

@@ -28,7 +28,7 @@
 # Parameters. The budgets are the sizes of uniform presets, so every column is compared at the same size.
 RUN = "data/reference/coa_search"  # relative to the repository root
 PRESET_NAMES = ("nf3", "nf4")  # uniform presets; the allocator is asked for the same average bits
-TASK = None  # an embedded task name (None: the first of coa_lora.mc_tasks.embedded_tasks()) or a JSONL path
+TASK = None  # an embedded task name (None: the first of coa_lora.evaluation.tasks.embedded_tasks()) or a JSONL path
 ITEMS = 6  # multiple-choice items per evaluation
 PPL_WINDOWS = 1  # held-out windows per play (three plays)
 PPL_LENGTH = 128  # tokens per window
@@ -43,12 +43,12 @@ import torch
 
 from coa_lora import (EvalOptions, Evaluator, ModelConfig, PerplexityOptions, Workbench, load_packed, load_trained,
                       plots, preset, read_summary, save_packed)
-from coa_lora.explorer import Explorer
-from coa_lora.loglik import encode_pair
-from coa_lora.mc_tasks import embedded_tasks
+from coa_lora import Explorer
+from coa_lora.evaluation import encode_pair
+from coa_lora.evaluation import embedded_tasks
 
 # Four SmolLM2 configurations are applied here: compiling the quantizer's kernels (seconds per bit width and block
-# size) would cost more than it saves, so they run eagerly (same values, tests/test_kernels.py).
+# size) would cost more than it saves, so they run eagerly (same values, tests/quant/test_kernels.py).
 os.environ["COA_LORA_COMPILE"] = "0"
 ROOT = next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "data" / "reference").is_dir())
 WORK = Path(tempfile.mkdtemp(prefix="coa_tutorial_"))

@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ROOT / "tests" / "data" / "tiny_search_run"
+# The result files of `compare --quick --out tests/data/compare/tiny-quick` (a real comparison on the tiny model).
+TINY_COMPARE = ROOT / "tests" / "data" / "compare"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -18,6 +20,7 @@ def tiny_app(tmp_path_factory):
     mp.setenv("COA_LORA_MODEL", "tiny")
     mp.setenv("COA_LORA_REFERENCE", str(TINY_RUN.parent))
     mp.setenv("COA_LORA_RUNS", str(tmp_path_factory.mktemp("runs")))
+    mp.setenv("COA_LORA_COMPARE", str(TINY_COMPARE))
     yield
     mp.undo()
 
@@ -142,6 +145,24 @@ def test_bad_run_folders_get_one_clear_message(tmp_path, kind, expected):
     assert expected in messages(at), messages(at)
 
 
+def test_compare_view_draws_each_method_against_bits_with_its_seed_band_and_the_training_time():
+    at = app()
+    at.switch_page("compare_view.py").run()
+    assert not at.exception and not at.error, messages(at)
+    quality = [f for f in figures(at) if "trained budgets" in f["layout"]["title"]["text"]]
+    assert quality and quality[0]["layout"]["yaxis"]["type"] == "log"
+    lines = [tr for tr in quality[0]["data"] if tr.get("mode") == "lines+markers"]
+    assert sorted(tr["name"] for tr in lines) == sorted(["Quantized base", "Per-configuration LoRA", "Shared-LoRA",
+                                                         "CoA-LoRA"])
+    coa = [tr for tr in lines if tr["name"] == "CoA-LoRA"][0]
+    assert coa["marker"]["symbol"] == ["circle", "diamond", "circle"]  # 2.5 and 4 trained, 3.25 unseen
+    assert any("Training time" in f["layout"]["title"]["text"] for f in figures(at))
+    at.radio(key="compare_metric").set_value("Top-1 agreement").run()
+    assert not at.exception
+    quality = [f for f in figures(at) if "trained budgets" in f["layout"]["title"]["text"]]
+    assert "top-1" in quality[0]["layout"]["title"]["text"] and quality[0]["layout"]["yaxis"].get("type") != "log"
+
+
 def test_about_view_renders_the_method_diagram():
     at = app()
     at.switch_page("about_view.py").run()
@@ -172,7 +193,7 @@ def test_train_view_starts_a_real_run_in_the_background_and_cancels_it(tmp_path)
     job.process.wait(timeout=120)
     status = job.status()
     assert not status["running"] and status["returncode"] != 0
-    from coa_lora.run_view import open_run
+    from coa_lora.search.run_view import open_run
 
     view = open_run(job.out)  # the folder is a readable run, resumable with --resume
     assert view.has_checkpoint or view.steps_done < view.info.hyper["checkpoint_every"]

@@ -94,7 +94,7 @@ def test_eval_and_export_take_the_model_from_the_run(tmp_path, capsys):
 def test_the_model_name_comes_from_the_run_unless_given(tmp_path, recorded, given, name):
     from argparse import Namespace
 
-    from coa_lora.cli import _model_name
+    from coa_lora.commands import _model_name
     from coa_lora.runs import RunInfo, write_run_info
 
     write_run_info(tmp_path, RunInfo(recorded, "0" * 64, "coa", {}, 0, {}))
@@ -108,8 +108,8 @@ def test_train_flag_choices_are_the_options_own():
     import argparse
 
     from coa_lora.cli import build_parser
-    from coa_lora.search_run import SEARCH_MODES
-    from coa_lora.train_options import DRAWS, METHODS, OBJECTIVES
+    from coa_lora.lora.options import DRAWS, METHODS, OBJECTIVES
+    from coa_lora.search.in_run import SEARCH_MODES
 
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     choices = {a.dest: a.choices for a in sub.choices["train"]._actions if a.choices}

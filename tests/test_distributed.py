@@ -13,10 +13,10 @@ import torch
 
 from coa_lora import Workbench
 from coa_lora.distributed import Ranks
+from coa_lora.lora.step import quasi_draws, step_draws
+from coa_lora.lora.trainer import TrainOptions, train
 from coa_lora.runs import CHECKPOINT_FILE, read_metrics, read_run_info, read_search_tables
-from coa_lora.step import quasi_draws, step_draws
 from coa_lora.storage import read_safetensors
-from coa_lora.train import TrainOptions, train
 
 # A search round (random ablation, run on rank 0) at step 5 of 10: the other rank must take its new training set.
 FLAGS = ["--model", "tiny", "--steps", "10", "--budgets", "2.5,4,6", "--seq-length", "32", "--batch-size", "2",

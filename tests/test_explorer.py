@@ -10,12 +10,15 @@ import torch
 
 from coa_lora import ModelConfig, Workbench, preset
 from coa_lora.explorer import Explorer
-from coa_lora.run_view import open_run
+from coa_lora.lora.trainer import TrainOptions, load_trained, train
 from coa_lora.runs import CHECKPOINT_FILE, compact_run, read_safetensors
-from coa_lora.train import TrainOptions, load_trained, train
-from test_evaluator import logprobs, task_file  # noqa: F401 - the hand-made JSONL task and its fixture
+from coa_lora.search.run_view import open_run
 
 TINY_RUN = Path(__file__).parent / "data" / "tiny_search_run"
+
+
+def logprobs(result):
+    return [lp for item in result.items for lp in item.logprobs]
 
 
 def test_two_users_evaluating_different_budgets_at_once_each_get_their_own_configuration(task_file):

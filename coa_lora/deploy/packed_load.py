@@ -1,0 +1,202 @@
+"""Reading a packed checkpoint (format in :mod:`coa_lora.deploy.packed`): check it, then rebuild the quantized model.
+
+    model = load_packed("smollm2-3bit")                  # transformers model; a peft.PeftModel if it has an adapter
+    model = load_packed("smollm2-3bit", adapter="merge")  # the adapter added into the weights: a plain model
+
+Every way a folder can be wrong (not a packed folder, another version, a file missing, truncated or replaced, parts
+that disagree with each other or with the model's config) raises ValueError with one sentence, before any model is
+built.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from coa_lora.configs.model_config import ModelConfig
+from coa_lora.deploy.packed import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PARTS,
+    QUANT_CONFIG,
+    QUANTIZED,
+    UNQUANTIZED,
+    PackedSummary,
+    is_packed,
+)
+from coa_lora.lora.instantiate import layout_of
+from coa_lora.models.loading import FolderLoader, register_loader
+from coa_lora.progress import hf_progress_bars_off
+from coa_lora.quant.packing import packed_nbytes
+from coa_lora.quant.quantizer import QuantizedTensor, dequantize
+from coa_lora.quant.space import QuantOption
+from coa_lora.storage import read_safetensors
+
+#: How :func:`load_packed` treats an included adapter: peft-wrapped, merged into the weights, or left out.
+ADAPTER_MODES = ("peft", "merge", "none")
+_MANIFEST_KEYS = ("model_id", "weight_dtype", "avg_bits", "n_targets", "target_bytes", "ideal_target_bytes",
+                  "size_bytes", "full_size_bytes", "adapter", "files")
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    """The manifest of a packed folder, after checking that every file it lists is there at its size.
+
+    Raises:
+        ValueError: not a packed folder, an unsupported version, or a file missing, truncated or replaced.
+    """
+    folder = Path(folder).expanduser()
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a coa-lora packed folder (it has no {MANIFEST}); write one with "
+                         "`python -m coa_lora export`.")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); export the folder again.") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{folder} is not a coa-lora packed folder ({MANIFEST} does not say format {FORMAT!r}).")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{folder} has packed format version {manifest.get('format_version')!r}; this version of "
+                         f"coa-lora reads version {FORMAT_VERSION}.")
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if missing or not isinstance(manifest["files"], dict):
+        raise ValueError(f"{path} is malformed (missing or bad: {missing or ['files']}); export the folder again.")
+    for name, size in manifest["files"].items():
+        file = folder / name
+        if not file.is_file():
+            raise ValueError(f"{folder} is incomplete: {name} is missing.")
+        if file.stat().st_size != size:
+            raise ValueError(f"{file} has {file.stat().st_size} bytes where the manifest says {size}: the file is "
+                             "truncated or was replaced; export the folder again.")
+    return manifest
+
+
+def read_summary(folder: str | os.PathLike) -> PackedSummary:
+    """The :class:`PackedSummary` of a packed folder (its manifest, checked)."""
+    return PackedSummary.from_manifest(Path(folder).expanduser(), read_manifest(folder))
+
+
+def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
+                adapter: str = "peft") -> torch.nn.Module:
+    """Rebuild the quantized model of a packed folder, in eval mode with every parameter frozen.
+
+    Target weights are dequantized by :func:`~coa_lora.quant.quantizer.dequantize` from the stored codes, so the logits
+    equal those of :class:`~coa_lora.QuantizedModel` under the same configuration on the same model.
+
+    Args:
+        device: where the model goes; dequantization runs on the CPU.
+        dtype: of the rebuilt model; default: the dtype the model was exported from.
+        adapter: with an included adapter, ``"peft"`` wraps the model in a ``peft.PeftModel``, ``"merge"`` adds
+            scaling · B'A into the dequantized weights (a plain transformers model), ``"none"`` leaves it out.
+
+    Raises:
+        ValueError: the folder is not a packed folder, is incomplete or corrupt, or its parts disagree.
+    """
+    from transformers import AutoConfig
+
+    if adapter not in ADAPTER_MODES:
+        raise ValueError(f"adapter must be one of {ADAPTER_MODES}, got {adapter!r}.")
+    folder = Path(folder).expanduser()
+    manifest = read_manifest(folder)
+    stored = getattr(torch, str(manifest["weight_dtype"]), None)
+    if not isinstance(stored, torch.dtype):
+        raise ValueError(f"{folder / MANIFEST} names an unknown weight dtype {manifest['weight_dtype']!r}.")
+    dtype = dtype or stored
+    hf_config = AutoConfig.from_pretrained(folder)
+    model_class = _causal_lm_class(hf_config, folder)
+    with torch.device("meta"):  # the skeleton only names the parameters: no memory, no initialisation
+        skeleton = model_class(hf_config)
+    layout = layout_of(skeleton, manifest["model_id"])
+    config = ModelConfig.from_json((folder / QUANT_CONFIG).read_text(), layout)
+    state, _ = read_safetensors(folder / UNQUANTIZED)
+    # One decode per matrix in a fresh process: compiling the decode kernels (seconds per bit width and block size)
+    # costs far more than it saves here, so they run eagerly, with identical values (tests/quant/test_kernels.py).
+    with torch.compiler.set_stance("force_eager"):
+        state.update(_dequantized_targets(folder, config, dtype))
+    expected = {n for n, _ in _unique_state(skeleton)}
+    if set(state) != expected:
+        missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"The weights in {folder} do not fit its config.json (missing {missing[:2]}, unknown "
+                         f"{extra[:2]}); export the folder again.")
+    with hf_progress_bars_off():
+        model = model_class.from_pretrained(None, config=hf_config, state_dict=state, dtype=dtype)
+    if manifest["adapter"] and adapter != "none":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(folder))
+        if adapter == "merge":
+            model = model.merge_and_unload()
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _causal_lm_class(hf_config, folder: Path):
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
+    except KeyError:
+        raise ValueError(f"{folder}/config.json describes a {type(hf_config).__name__}, which transformers cannot "
+                         "build as a causal language model.") from None
+
+
+def _unique_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` of the state dict, each tied tensor once (under its first name)."""
+    seen = set()
+    for name, value in model.state_dict(keep_vars=True).items():
+        if id(value) not in seen:
+            seen.add(id(value))
+            yield name, value
+
+
+def _dequantized_targets(folder: Path, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``{"<target>.weight": dequantized weight}``, after checking the stored tensors against the configuration."""
+    tensors, metadata = read_safetensors(folder / QUANTIZED)
+    described = {t.name: {"shape": list(t.shape), "option": o.to_dict()}
+                 for t, o in zip(config.layout.targets, config.options)}
+    if json.loads(metadata.get("targets", "null")) != described:
+        raise ValueError(f"{folder / QUANTIZED} does not hold the matrices of {folder / QUANT_CONFIG} (shapes or "
+                         "options differ); export the folder again.")
+    weights = {}
+    for target, option in zip(config.layout.targets, config.options):
+        parts = {part: tensors.get(f"{target.name}.{part}") for part in PARTS}
+        _check_parts(parts, target.numel, option, f"{folder / QUANTIZED}: {target.name}")
+        qt = QuantizedTensor(parts["codes"], parts["scale_codes"], parts["group_max"], parts["offset"].reshape(()),
+                             target.shape, option)
+        weights[f"{target.name}.weight"] = dequantize(qt, dtype)
+    return weights
+
+
+def _check_parts(parts: dict, numel: int, option: QuantOption, where: str) -> None:
+    """The four stored tensors of one matrix have the sizes and dtypes its option implies."""
+    n_blocks = -(-numel // option.block_size)
+    expected = {
+        "codes": (packed_nbytes(n_blocks * option.block_size, option.bits), torch.uint8),
+        "scale_codes": (packed_nbytes(n_blocks, option.scale_bits), torch.uint8),
+        "group_max": (-(-n_blocks // option.scale_block_size), option.torch_scale_dtype),
+        "offset": (1, torch.float32),
+    }
+    for part, (size, dtype) in expected.items():
+        t = parts[part]
+        if t is None or t.numel() != size or t.dtype != dtype:
+            found = "missing" if t is None else f"{t.numel()} × {t.dtype}"
+            raise ValueError(f"{where}.{part} is {found}, expected {size} × {dtype}; export the folder again.")
+
+
+
+__all__ = ["ADAPTER_MODES", "load_packed", "read_manifest", "read_summary"]
+
+
+def _check_tokenizer(folder: str) -> None:
+    if not read_manifest(folder).get("tokenizer", False):
+        raise ValueError(f"The packed folder {folder} was exported without a tokenizer; export it again with one.")
+
+
+# Packed folders load wherever a model name is accepted (load_model, the CLI's --model, the explorer), merged with
+# their adapter so every command runs the deployed model; models/ never imports this layer (it is below it).
+register_loader(FolderLoader("packed", recognizes=is_packed,
+                             load=lambda folder, dtype: load_packed(folder, dtype=dtype, adapter="merge"),
+                             check_tokenizer=_check_tokenizer))

@@ -1,0 +1,78 @@
+"""Figures of a comparison (:mod:`coa_lora.compare`): quality against bits per method with its seed band, and the
+training time each method spent. They take the summary's plain frames, so the Compare page and a notebook draw the
+same thing.
+
+    results, runs, summary = read_results(folder)
+    cells = pd.DataFrame(summary["cells"])
+    compare_quality_figure(cells, "perplexity", trained=summary["plan"]["budgets"])
+    compare_time_figure(pd.DataFrame(summary["methods"]))
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from coa_lora.plots.style import PALETTE, layout_figure
+
+METHOD_COLORS = {"base": "#7f7f7f", "qlora": PALETTE[0], "shared": PALETTE[1], "coa": PALETTE[2]}
+METHOD_LABELS = {"base": "Quantized base", "qlora": "Per-configuration LoRA", "shared": "Shared-LoRA",
+                 "coa": "CoA-LoRA"}
+METRIC_AXES = {"perplexity": "held-out perplexity (log scale, lower is better)",
+               "kl": "KL from the unquantized model, nats (log scale, lower is better)",
+               "top1": "top-1 agreement with the unquantized model (higher is better)"}
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[float],
+                           title: str | None = None) -> go.Figure:
+    """One line per method: mean over seeds against bits, a band of ± one sd, filled circles at trained budgets and
+    open diamonds at unseen ones.
+
+    ``cells``: the summary's cells (``method, budget, metric, mean, sd, n``)."""
+    fig = go.Figure()
+    frame = cells[cells["metric"] == metric].sort_values("budget")
+    trained = set(trained)
+    for method in [m for m in METHOD_LABELS if m in set(frame["method"])]:
+        rows = frame[frame["method"] == method]
+        color, label = METHOD_COLORS[method], METHOD_LABELS[method]
+        x = rows["budget"].tolist()
+        upper, lower = (rows["mean"] + rows["sd"]).tolist(), (rows["mean"] - rows["sd"]).tolist()
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=upper + lower[::-1], fill="toself", fillcolor=_rgba(color, 0.15),
+                                 line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=method))
+        seen = [b in trained for b in x]
+        fig.add_trace(go.Scatter(
+            x=x, y=rows["mean"], mode="lines+markers", name=label, legendgroup=method,
+            line=dict(color=color, width=2.5, dash="dot" if method == "base" else "solid"),
+            marker=dict(size=10, color=[color if s else "white" for s in seen], line=dict(color=color, width=2),
+                        symbol=["circle" if s else "diamond" for s in seen]),
+            customdata=list(zip(rows["sd"], rows["n"], ["trained" if s else "unseen" for s in seen])),
+            hovertemplate=f"{label}<br>%{{x:g}} bits (%{{customdata[2]}})<br>%{{y:.4g}} ± %{{customdata[0]:.3g}} "
+                          "over %{customdata[1]} seed(s)<extra></extra>"))
+    for b in sorted(trained):
+        fig.add_vline(x=b, line=dict(color="#dddddd", width=1))
+    if metric in ("perplexity", "kl"):
+        fig.update_yaxes(type="log")
+    default = f"{METRIC_AXES.get(metric, metric)} — filled: trained budgets, open: unseen"
+    return layout_figure(fig, title or default, "average bits per weight",
+                         METRIC_AXES.get(metric, metric).split(" (")[0], height=460)
+
+
+def compare_time_figure(methods: pd.DataFrame) -> go.Figure:
+    """Training wall-clock per method (all its adapters of one seed), mean ± sd over seeds.
+
+    ``methods``: the summary's methods (``method, label, adapters, train_seconds {mean, sd, n}``)."""
+    rows = methods[methods["train_seconds"].notna()]
+    minutes = [t["mean"] / 60 for t in rows["train_seconds"]]
+    sds = [t["sd"] / 60 for t in rows["train_seconds"]]
+    text = [f"{a} adapter{'s' if a != 1 else ''}" for a in rows["adapters"]]
+    fig = go.Figure(go.Bar(x=rows["label"], y=minutes, error_y=dict(type="data", array=sds, visible=True),
+                           marker_color=[METHOD_COLORS.get(m, PALETTE[4]) for m in rows["method"]], text=text,
+                           textposition="inside",
+                           hovertemplate="%{x}: %{y:.1f} min (%{text})<extra></extra>"))
+    return layout_figure(fig, "Training time per seed (all of a method's adapters)", "", "minutes", height=380)

@@ -1,0 +1,151 @@
+"""The comparison end to end on the tiny model: `compare --quick` trains every adapter of the plan as an ordinary run,
+evaluates each where its method uses it, writes result files and a report made from them; a killed comparison resumes
+to the same numbers; a plan that cannot run is refused before anything trains."""
+import dataclasses
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from coa_lora.cli import main
+from coa_lora.compare import ComparePlan, merge_results, read_results, results_markdown, run_comparison
+from coa_lora.compare.report import gaps, time_ratio
+from coa_lora.lora import Workbench
+from coa_lora.runs import read_run_info
+
+# The kill-and-resume plan: the smallest that still has a per-configuration run, a CoA-LoRA run and a search.
+SMALL = ComparePlan.quick(methods=("qlora", "coa"), seeds=(0,), budgets=(2.5,), unseen=(3.0,), steps=4)
+
+
+def test_quick_comparison_trains_evaluates_reports_and_resumes_without_work(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "Estimated wall time" in printed.err  # the plan and its estimate come before anything trains
+    plan = ComparePlan.quick()
+    results, runs, summary = read_results(out)
+    # Every adapter is an ordinary run folder of the trainer, and every evaluation where its method uses it.
+    assert sorted(runs.run) == sorted(s.name for s in plan.runs())
+    for spec in plan.runs():
+        assert read_run_info(out / "runs" / spec.name).method == spec.method
+    served = sum(plan.serves(s, b) for s in plan.runs() for b in plan.eval_budgets) + len(plan.eval_budgets)
+    assert len(results) == served
+    assert set(results.method) == {"base", "qlora", "shared", "coa"}
+    # Per-configuration LoRA at the unseen 3.25 bits uses its nearest adapter (2.5 and 4.0 tie: the lower one).
+    unseen = results[(results.method == "qlora") & (results.budget == 3.25)]
+    assert set(unseen.adapter_budget) == {2.5} and not unseen.trained.any()
+    assert (results.kl >= 0).all() and results.top1.between(0, 1).all() and (results.perplexity > 1).all()
+    # The report is made from the files alone, and says how long it took beside the estimate.
+    markdown = (out / "RESULTS.md").read_text()
+    assert markdown == results_markdown(summary) and markdown in printed.out
+    assert "min measured against" in markdown and summary["estimate_seconds"] > 0
+    # Cells are means over the two seeds, with n.
+    cell = [c for c in summary["cells"] if (c["method"], c["budget"], c["metric"]) == ("coa", 2.5, "perplexity")][0]
+    coa = results[(results.method == "coa") & (results.budget == 2.5)].perplexity
+    assert cell["n"] == 2 and cell["mean"] == pytest.approx(coa.mean()) and cell["sd"] == pytest.approx(coa.std())
+    # A second run of the same command trains and evaluates nothing: the same numbers, read from the folder.
+    state = json.loads((out / "state.json").read_text())
+    assert main(["compare", "--quick", "--out", str(out)]) == 0
+    again, _, _ = read_results(out)
+    pd.testing.assert_frame_equal(again, results)
+    assert json.loads((out / "state.json").read_text())["runs"] == state["runs"]
+    # An adapter of the comparison evaluates with the ordinary eval command.
+    assert main(["eval", "--run", str(out / "runs" / "coa-seed0"), "--budget", "3.0", "--tasks", "ppl", "--limit",
+                 "1", "--no-cache", "--json"]) == 0
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_comparison_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
+    whole = run_comparison(SMALL, tmp_path / "whole", wb=Workbench.load("tiny"))
+    steps = []
+
+    def kill_in_the_second_run(done, total, message=""):
+        if message.startswith("coa-seed0") and "loss" in message:
+            steps.append(message)
+            if len(steps) == 3:  # after step 3, whose checkpoint is on disk (checkpoint_every 3): resumed from there
+                raise Killed()
+
+    with pytest.raises(Killed):
+        run_comparison(SMALL, tmp_path / "killed", wb=Workbench.load("tiny"), progress=kill_in_the_second_run)
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())
+    assert list(state["runs"]) == ["qlora-2.5bits-seed0"]  # the first run finished, the second did not
+    resumed = run_comparison(SMALL, tmp_path / "killed", wb=Workbench.load("tiny"))
+    cols = ["method", "budget", "perplexity", "kl", "top1", "date_understanding.acc"]
+    pd.testing.assert_frame_equal(pd.DataFrame(resumed.rows)[cols], pd.DataFrame(whole.rows)[cols])
+    # Two processes on disjoint seeds merge into one comparison (the base, evaluated by both, counted once).
+    other = run_comparison(dataclasses.replace(SMALL, seeds=(1,)), tmp_path / "other", wb=Workbench.load("tiny"))
+    merged = merge_results([tmp_path / "whole", tmp_path / "other"], tmp_path / "merged", "merge")
+    rows, runs, summary = read_results(tmp_path / "merged")
+    assert summary["plan"]["seeds"] == [0, 1] and sorted(runs.run) == sorted(list(whole.state["runs"]) +
+                                                                               list(other.state["runs"]))
+    assert len(rows) == len(whole.rows) + len(other.rows) - len(SMALL.eval_budgets)
+    cell = [c for c in summary["cells"] if (c["method"], c["budget"], c["metric"]) == ("coa", 3.0, "kl")][0]
+    assert cell["n"] == 2 and merged.state["finished"]
+    with pytest.raises(ValueError, match="share seeds"):
+        merge_results([tmp_path / "whole", tmp_path / "killed"], tmp_path / "bad", "merge")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "qlora,nope"], "Unknown method 'nope'"),
+    (["--budgets", "1.5,3"], "outside the feasible range"),
+    (["--unseen", "2.5"], "both trained and unseen"),
+    (["--seeds", "0,zero"], "--seeds must be comma-separated numbers"),
+])
+def test_a_plan_that_cannot_run_is_refused_in_one_sentence_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--quick", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_folder_of_another_plan_is_refused_before_anything_trains(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "plan.json").write_text(json.dumps(SMALL.to_dict()))
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["compare", "--quick", "--out", str(out), "--steps", "5"]) == 2
+    assert "another plan" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["compare", "--quick", "--out", str(tmp_path / "other")]) == 2
+    assert "not a comparison folder" in capsys.readouterr().err
+
+
+def test_plan_runs_nearest_adapters_and_round_trip():
+    plan = ComparePlan.quick(budgets=(2.5, 3.0), unseen=(2.75, 3.5))
+    names = [s.name for s in plan.runs()]
+    assert names[:4] == ["qlora-2.5bits-seed0", "qlora-3bits-seed0", "shared-seed0", "coa-seed0"]
+    by_budget = {s.budget: s for s in plan.runs() if s.method == "qlora" and s.seed == 0}
+    assert plan.serves(by_budget[2.5], 2.75) and not plan.serves(by_budget[3.0], 2.75)  # a tie goes to the lower
+    assert plan.serves(by_budget[3.0], 3.5) and not plan.serves(by_budget[2.5], 3.5)
+    coa = [s for s in plan.runs() if s.method == "coa"][0]
+    assert all(plan.serves(coa, b) for b in plan.eval_budgets)
+    assert ComparePlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert plan.same_plan(ComparePlan.quick(budgets=(2.5, 3.0), unseen=(2.75, 3.5), seeds=(0, 1, 2)))
+    assert not plan.same_plan(ComparePlan.quick())
+    assert plan.train_options(coa).search == "search" and plan.train_options(by_budget[2.5]).budgets == (2.5,)
+
+
+def test_gaps_are_paired_by_seed_and_time_ratios_by_seed():
+    plan = ComparePlan.quick(budgets=(3.0,), unseen=())
+    rows = pd.DataFrame([
+        {"method": "coa", "seed": 0, "budget": 3.0, "trained": True, "perplexity": 11.0},
+        {"method": "coa", "seed": 1, "budget": 3.0, "trained": True, "perplexity": 20.0},
+        {"method": "qlora", "seed": 0, "budget": 3.0, "trained": True, "perplexity": 10.0},
+        {"method": "qlora", "seed": 1, "budget": 3.0, "trained": True, "perplexity": 20.0},
+    ])
+    g = gaps(plan, rows, "coa", "qlora", "perplexity").iloc[0]
+    expected = [100 * math.log(1.1), 0.0]
+    assert g["n"] == 2 and g["mean"] == pytest.approx(sum(expected) / 2)
+    assert g["sd"] == pytest.approx(pd.Series(expected).std()) and g["se"] == pytest.approx(g["sd"] / math.sqrt(2))
+    runs = pd.DataFrame([
+        {"method": "qlora", "seed": 0, "train_seconds": 10.0}, {"method": "qlora", "seed": 0, "train_seconds": 30.0},
+        {"method": "coa", "seed": 0, "train_seconds": 20.0}, {"method": "coa", "seed": 1, "train_seconds": 5.0},
+    ])
+    assert time_ratio(runs) == {"mean": 0.5, "sd": 0.0, "n": 1}  # seed 1 has no per-configuration runs to compare
