@@ -14,8 +14,9 @@ from coa_lora.compare.report import gaps, time_ratio
 from coa_lora.lora import Workbench
 from coa_lora.runs import read_run_info
 
-# The kill-and-resume plan: the smallest that still has a per-configuration run, a CoA-LoRA run and a search.
-SMALL = ComparePlan.quick(methods=("qlora", "coa"), seeds=(0,), budgets=(2.5,), unseen=(3.0,), steps=4)
+# The kill-and-resume plan: the smallest with a per-configuration and a CoA-LoRA run (a search resumes exactly in
+# tests/search/test_in_run.py; the quick comparison runs one).
+SMALL = ComparePlan.quick(methods=("qlora", "coa"), seeds=(0,), budgets=(2.5,), unseen=(3.0,), steps=4, search="off")
 
 
 def test_quick_comparison_trains_evaluates_reports_and_resumes_without_work(tmp_path, capsys):

@@ -207,9 +207,9 @@ def test_a_failed_or_killed_write_leaves_nothing(tmp_path):
 
 
 @pytest.mark.smollm2
-def test_smollm2_round_trip_to_1e_5(tmp_path):
+def test_smollm2_round_trip_to_1e_5(tmp_path, smollm2_wb):
     # Two options only (NF3/B0=16 and NF4/B0=64): a handful of compiled kernel variants keeps this test short.
-    wb = Workbench.load("smollm2")
+    wb = smollm2_wb
     options = (QuantOption(3, 8, "fp32", 16, 256), QuantOption(4, 4, "bf16", 64, 64))
     config = ModelConfig(wb.layout, tuple(options[i % 2] for i in range(len(wb.layout))))
     summary = save_packed(wb, config, tmp_path / "p")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coa_lora import ModelConfig, Workbench, preset
+from coa_lora import ModelConfig, preset
 from coa_lora.evaluation.loglik import EvaluationCancelled
 from coa_lora.evaluation.perplexity import (
     PerplexityOptions,
@@ -90,8 +90,8 @@ def test_cancellation_and_empty_input(model):
 
 
 @pytest.mark.smollm2
-def test_smollm2_perplexity_rises_as_bits_fall():
-    wb = Workbench.load("smollm2")
+def test_smollm2_perplexity_rises_as_bits_fall(smollm2_wb):
+    wb = smollm2_wb
     opts = PerplexityOptions(length=256, stride=256)
     ppl = {}
     for name in ("fp", "nf4", "nf2"):

@@ -162,12 +162,12 @@ def test_workbench_fisher_under_an_adapter_and_a_configuration_is_the_bare_base_
 
 
 @pytest.mark.smollm2
-def test_peft_export_on_smollm2_gives_our_logits_on_a_separately_quantized_copy(tmp_path):
+def test_peft_export_on_smollm2_gives_our_logits_on_a_separately_quantized_copy(tmp_path, smollm2_wb):
     from peft import PeftModel
 
     from coa_lora import Workbench
 
-    wb = Workbench.load("smollm2")
+    wb = smollm2_wb
     coa = CoALoRAModel(wb.qmodel, AdapterOptions()).train(False)
     perturb_(coa)
     config = random_config(wb.layout, 5)  # a mixed configuration over all 432 options
@@ -178,6 +178,7 @@ def test_peft_export_on_smollm2_gives_our_logits_on_a_separately_quantized_copy(
         with coa.adapters_disabled():
             bare = coa.model(input_ids=ids).logits
     folder = export_peft(coa, tmp_path / "adapter")
+    coa.remove_()  # the shared model goes back bare
     # Another process's view: a fresh copy, quantized from the exported quant_config.json, plus peft's own loader.
     copy = Workbench.load("smollm2")
     copy.qmodel.apply_(ModelConfig.from_json((folder / "quant_config.json").read_text(), copy.layout))

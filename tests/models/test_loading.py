@@ -26,12 +26,9 @@ TINY_SHAPES = {
 }
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    try:
-        return load_model("smollm2"), load_tokenizer("smollm2")
-    except AssetMissingError:
-        pytest.skip("assets not prepared: run `python -m coa_lora prepare`")
+@pytest.fixture()
+def smollm2(smollm2_wb):
+    return smollm2_wb.model, smollm2_wb.tokenizer
 
 
 def test_tiny_model_is_deterministic_per_seed_and_leaves_the_global_rng_alone():
