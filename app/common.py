@@ -16,11 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = Path(os.environ.get("COA_LORA_REFERENCE", ROOT / "data" / "reference"))
 RUNS_DIR = Path(os.environ.get("COA_LORA_RUNS", ROOT / "runs"))  # where runs started from the app go
 MODEL = os.environ.get("COA_LORA_MODEL", "smollm2")  # `tiny` in the tests
+# Where evaluation results are cached (default: <coa_lora cache>/evals); bench/explorer_load.py gives each server
+# its own.
+EVAL_CACHE = os.environ.get("COA_LORA_EVAL_CACHE")
 
 
 @st.cache_resource(show_spinner="Loading the model and its allocation grid …")
 def explorer(model: str = MODEL) -> Explorer:
-    ex = Explorer.load(model)
+    ex = Explorer.load(model, eval_cache_dir=Path(EVAL_CACHE) if EVAL_CACHE else None)
     ex.allocator()  # damage table and grid from disk (prepared by `python -m coa_lora prepare`)
     return ex
 

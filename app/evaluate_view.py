@@ -38,7 +38,9 @@ def render() -> None:
         start_thread(job, lambda j: _evaluate(ex, config, plan, int(limit), j))
         running = True
     if job is not None:
-        st.fragment(_progress, run_every=1.0 if running else None)()
+        # Polls only while the job runs: when it ends, _progress reruns the page once and the result is drawn by a
+        # fragment without a timer, so a finished tab sends nothing and costs the server nothing.
+        st.fragment(_progress, run_every=1.0 if running else None)(running)
 
 
 def _columns(view, shared) -> dict:
@@ -57,13 +59,16 @@ def _evaluate(ex, config, plan, limit: int, job: Job) -> dict:
         def progress(done, total, message="", i=i, col=col, task=task):
             job.progress(i * 1000 + int(1000 * done / max(total, 1)), len(plan) * 1000,
                          f"{task} · {col}: {done}/{total}")
+        def waiting(ahead, i=i, col=col, task=task):
+            job.progress(i * 1000, len(plan) * 1000,
+                         f"{task} · {col}: waiting for the model, {ahead} job(s) of other sessions ahead")
         cfg = None if which == "reference" else config
-        results.setdefault(col, {})[task] = ex.evaluate(task, cfg, run, limit, progress, job.stop.is_set)
+        results.setdefault(col, {})[task] = ex.evaluate(task, cfg, run, limit, progress, job.stop.is_set, waiting)
     job.progress(len(plan) * 1000, len(plan) * 1000, "done")
     return results
 
 
-def _progress() -> None:
+def _progress(polling: bool) -> None:
     job: Job = st.session_state["eval_job"]
     snap = job.snapshot()
     if not snap["finished"]:
@@ -71,6 +76,8 @@ def _progress() -> None:
         if st.button("Cancel", key="cancel_eval"):
             job.cancel()
         return
+    if polling:
+        st.rerun()  # the whole page once: this fragment comes back without run_every
     if snap["error"]:
         (st.warning if snap["cancelled"] else st.error)(snap["error"])
         return

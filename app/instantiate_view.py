@@ -48,7 +48,7 @@ def _panel() -> None:
         st.warning(str(exc))
         return
     seconds_config = time.perf_counter() - t0
-    inst = ex.instantiate(config, timeout=0.25)
+    inst = ex.instantiate(config, timeout=1.0)
     st.session_state["config"] = config
     st.session_state["config_label"] = f"{config.avg_bits:.3f} bits ({origin})"
 
@@ -65,9 +65,12 @@ def _panel() -> None:
                         f"size ({_option_name(u_opt)}, {u_opt.bits_per_weight:.3f} bits)")
     cols[3].metric("Configuration in", f"{seconds_config * 1000:.0f} ms", help="Allocation (grid or live MILP) "
                    "or look-up in the run's searched set")
-    cols[4].metric("Instantiated in", "busy" if inst is None else f"{inst.seconds * 1000:.0f} ms",
+    queued = f"queued ({max(ex.queue_length, 1)} ahead)"
+    cols[4].metric("Instantiated in", queued if inst is None else f"{inst.seconds * 1000:.0f} ms",
                    help="Swapping the quantized weights into the model (cold: quantizing each changed matrix; warm: "
-                        "from the weight cache). 'busy': another evaluation holds the model right now.")
+                        "from the weight cache). The explorer has one model for every session, used by one job at a "
+                        "time in arrival order: 'queued' means other sessions' evaluations or instantiations hold or "
+                        "wait for it; an evaluation applies this configuration itself when its turn comes.")
     st.caption(f"Source: {origin}. Uniform configuration of nearest size: {_option_name(u_opt)} "
                f"({u_opt.bits_per_weight:.3f} bits, {uniform.size_bytes / mib:.1f} MiB).")
     left, right = st.columns(2)

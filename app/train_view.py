@@ -38,7 +38,8 @@ def render() -> None:
     if submitted:
         _start(name, method, search, even_budgets(low, high, int(n_budgets)), int(rank), int(steps), int(rounds),
                int(segments), int(seed))
-    st.fragment(_jobs_panel, run_every=2.0 if any(j.running for j in train_jobs().values()) else None)()
+    polling = any(j.running for j in train_jobs().values())
+    st.fragment(_jobs_panel, run_every=2.0 if polling else None)(polling)
 
 
 def _start(name, method, search, budgets, rank, steps, rounds, segments, seed) -> None:
@@ -61,11 +62,13 @@ def _start(name, method, search, budgets, rank, steps, rounds, segments, seed) -
     st.success(f"Started: `{shlex.join(cmd[1:])}`")
 
 
-def _jobs_panel() -> None:
+def _jobs_panel(polling: bool) -> None:
     jobs = train_jobs()
     if not jobs:
         st.info("No run started from this server yet.")
         return
+    if polling and not any(j.running for j in jobs.values()):
+        st.rerun()  # every run ended: redraw the page once, without the timer
     for folder, job in list(jobs.items()):
         s = job.status()
         with st.container(border=True):

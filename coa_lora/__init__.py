@@ -6,7 +6,8 @@ Layers, following the pipeline (quantize -> configuration space -> allocate -> a
 evaluate -> deploy). A module imports only from its own layer and the layers above it in this list; no two modules
 import each other, directly or round a circle (tests/test_layers.py checks both):
 
-    storage, progress, distributed   plumbing: atomic files and folders, progress callbacks, process groups
+    storage, progress, distributed, model_queue   plumbing: atomic files and folders, progress callbacks, process
+                  groups, the arrival-ordered lock of a shared model
     quant/        NF-k codebook, double-quantized blockwise quantizer, bit packing, decode kernels, option space
     configs/      a model's configuration and layout, damage tables, the exact allocator and its grid
     models/, runs offline assets, model loading and target matrices, text windows; a training run's folder
@@ -16,63 +17,18 @@ import each other, directly or round a circle (tests/test_layers.py checks both)
     deploy/       packed folders (save, load; registered as a model source), peft export
     plots/, explorer, compare/, commands, cli   what people use: figures, the explorer's facade, experiments, the CLI
 """
-from coa_lora.configs import (
-                              Allocation,
-                              Allocator,
-                              DamageTable,
-                              ModelConfig,
-                              ModelLayout,
-                              Target,
-                              allocate,
-                              fisher_diagonal,
-                              matrix_damage,
-)
+from coa_lora.configs import (Allocation, Allocator, DamageTable, ModelConfig, ModelLayout, Target, allocate,
+                              fisher_diagonal, matrix_damage)
 from coa_lora.deploy import PackedSummary, load_packed, read_summary, save_packed
-from coa_lora.evaluation import (
-                              EvalOptions,
-                              EvaluationCancelled,
-                              Evaluator,
-                              ItemResult,
-                              MCItem,
-                              PerplexityOptions,
-                              PerplexityResult,
-                              ScoringOptions,
-                              Task,
-                              TaskResult,
-                              evaluate_task,
-                              heldout_perplexity,
-                              load_task,
-                              results_table,
-)
+from coa_lora.evaluation import (EvalOptions, EvaluationCancelled, Evaluator, ItemResult, MCItem, PerplexityOptions,
+                                 PerplexityResult, ScoringOptions, Task, TaskResult, evaluate_task, heldout_perplexity,
+                                 load_task, results_table)
 from coa_lora.explorer import Explorer  # noqa: E402 (the facade over all the layers above)
-from coa_lora.lora import (
-                              AdapterOptions,
-                              CoALoRAModel,
-                              ConfigNetwork,
-                              LoraLinear,
-                              QuantizedModel,
-                              TrainOptions,
-                              TrainResult,
-                              WeightCache,
-                              Workbench,
-                              adapters_disabled,
-                              export_peft,
-                              layout_of,
-                              load_trained,
-                              train,
-)
-from coa_lora.quant import (
-                              ALL_OPTIONS,
-                              MAX_BITS,
-                              MIN_BITS,
-                              PRESETS,
-                              QuantizedTensor,
-                              QuantOption,
-                              dequantize,
-                              preset,
-                              quantization_error,
-                              quantize,
-)
+from coa_lora.lora import (AdapterOptions, CoALoRAModel, ConfigNetwork, LoraLinear, QuantizedModel, TrainOptions,
+                           TrainResult, WeightCache, Workbench, adapters_disabled, export_peft, layout_of, load_trained,
+                           train)
+from coa_lora.quant import (ALL_OPTIONS, MAX_BITS, MIN_BITS, PRESETS, QuantizedTensor, QuantOption, dequantize, preset,
+                            quantization_error, quantize)
 from coa_lora.runs import RunInfo, read_metrics, read_run_info
 
 __all__ = [

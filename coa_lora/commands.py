@@ -298,14 +298,8 @@ def compare_command(args) -> int:
     import shlex
     import sys
 
-    from coa_lora.compare import (
-        ComparePlan,
-        check_folder,
-        merge_results,
-        results_markdown,
-        run_comparison,
-        write_results,
-    )
+    from coa_lora.compare import (ComparePlan, check_folder, merge_results, results_markdown, run_comparison,
+                                  write_results)
     from coa_lora.lora.workbench import Workbench
     from coa_lora.progress import tqdm_progress
     from coa_lora.storage import atomic_write_bytes

@@ -2,8 +2,9 @@
 the adapters of trained runs, and live evaluation — safe to call from several threads at once.
 
 The model is shared and configurations are applied to it in place, so everything that touches its weights runs under
-one lock: two users who pick different budgets at the same moment are served one after the other, each under their
-own configuration and adapter. Allocation from the grid and reading runs need no lock.
+one lock, a queue in arrival order (:class:`~coa_lora.model_queue.ModelQueue`): two users who pick different budgets
+at the same moment are served one after the other, each under their own configuration and adapter, and a waiting job
+knows how many are ahead of it. Allocation from the grid and reading runs need no lock.
 
     ex = Explorer.load("smollm2")
     alloc = ex.allocate(3.0)                                    # exact, from the pre-solved grid
@@ -12,8 +13,8 @@ own configuration and adapter. Allocation from the grid and reading runs need no
 """
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -24,8 +25,9 @@ from coa_lora.configs.allocate import Allocation
 from coa_lora.configs.allocation_grid import GridAllocator
 from coa_lora.configs.model_config import ModelConfig
 from coa_lora.evaluation.evaluator import Evaluator, Result, default_cache_dir
-from coa_lora.evaluation.loglik import StopFn
+from coa_lora.evaluation.loglik import EvaluationCancelled, StopFn
 from coa_lora.lora.workbench import DEFAULT_WEIGHTING, Workbench
+from coa_lora.model_queue import ModelQueue
 from coa_lora.progress import ProgressFn
 from coa_lora.quant.space import ALL_OPTIONS
 from coa_lora.search.run_view import RunView, open_run
@@ -46,7 +48,7 @@ class Explorer:
                  weighting: str = DEFAULT_WEIGHTING):
         self.wb = workbench
         self.weighting = weighting
-        self.lock = threading.RLock()
+        self.lock = ModelQueue()  # the model's one user at a time, in arrival order
         self.evaluator = Evaluator(workbench, cache_dir=eval_cache_dir)
         self._grid: Optional[GridAllocator] = None
         self._attached: Optional[tuple[Path, object]] = None  # (run folder, CoALoRAModel)
@@ -151,14 +153,29 @@ class Explorer:
 
     def evaluate(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
                  limit: Optional[int] = None, progress: Optional[ProgressFn] = None,
-                 should_stop: Optional[StopFn] = None) -> Result:
+                 should_stop: Optional[StopFn] = None, on_wait: Optional[Callable[[int], None]] = None) -> Result:
         """``task`` under ``config`` (None: unquantized) with ``run``'s adapter, or with every adapter off.
 
-        Cached by the evaluator (memory and disk); a cancelled run raises ``EvaluationCancelled``."""
-        with self.lock:
+        Cached by the evaluator (memory and disk); a cancelled run raises ``EvaluationCancelled``, also while it
+        waits for the model. ``on_wait(ahead)`` is called while other jobs hold or wait for the model before it."""
+        def waiting(ahead: int) -> None:
+            if should_stop is not None and should_stop():
+                raise EvaluationCancelled("Evaluation cancelled.")
+            if on_wait is not None:
+                on_wait(ahead)
+
+        self.lock.acquire(on_wait=waiting)
+        try:
             adapter = self.adapter(run) if run is not None else None
             return self.evaluator.run(task, config, limit=limit, progress=progress, should_stop=should_stop,
                                       adapter=adapter)
+        finally:
+            self.lock.release()
+
+    @property
+    def queue_length(self) -> int:
+        """Jobs holding or waiting for the model right now (an instantiation, an evaluation, an adapter switch)."""
+        return self.lock.waiting
 
     def cached(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
                limit: Optional[int] = None) -> Optional[Result]:

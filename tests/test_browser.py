@@ -60,6 +60,8 @@ def test_the_app_in_chromium_shows_charts_moves_the_budget_slider_and_has_no_err
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        frames = []  # every websocket message the server sends: what a tab costs it
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(time.time())))
         page.goto(server, timeout=120_000)
         page.wait_for_selector("h1:has-text('coa-lora explorer')", timeout=180_000)
         page.wait_for_selector(".js-plotly-plot", timeout=180_000)
@@ -94,4 +96,20 @@ def test_the_app_in_chromium_shows_charts_moves_the_budget_slider_and_has_no_err
         page.wait_for_timeout(1500)
         assert page.locator(ERRORS).count() == 0
         page.screenshot(path=str(SHOTS / "4_about.png"), full_page=True)
+
+        # A finished evaluation is drawn once; then the tab sends nothing (it polled every second, forever, before).
+        page.goto(f"{server}/evaluate_view", timeout=120_000)
+        items = page.locator('[data-testid="stNumberInput"] input').first
+        items.wait_for(timeout=120_000)
+        items.fill("2")
+        items.press("Enter")
+        page.wait_for_timeout(1000)
+        page.get_by_role("button", name="Run evaluation").click()
+        page.wait_for_selector("text=Done:", timeout=300_000)
+        page.wait_for_timeout(3000)  # the one rerun that draws the result
+        before = len(frames)
+        page.wait_for_timeout(6000)
+        assert len(frames) - before <= 1, f"{len(frames) - before} messages in 6 s from a finished evaluation"
+        assert page.locator(ERRORS).count() == 0
+        page.screenshot(path=str(SHOTS / "5_evaluate.png"), full_page=True)
         browser.close()

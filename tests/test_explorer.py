@@ -3,6 +3,7 @@ adapters of runs attach and detach cleanly, runs are read with clear errors, com
 resume."""
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,33 @@ def test_compact_copy_evaluates_like_the_run_within_half_precision_and_refuses_r
         train(Workbench.load("tiny"), options, copy, resume=True)
     with pytest.raises(ValueError, match="already exists"):
         compact_run(run, copy)
+
+
+def test_a_waiting_evaluation_says_how_many_are_ahead_and_can_be_cancelled_while_it_waits(task_file):
+    from coa_lora import EvaluationCancelled
+
+    ex = Explorer(Workbench.load("tiny"))
+    ex.lock.poll = 0.01
+    config = ModelConfig.uniform(ex.layout, preset("nf3"))
+    seen, stop, outcome = [], threading.Event(), []
+
+    def user():
+        try:
+            ex.evaluate(task_file, config, should_stop=stop.is_set, on_wait=seen.append)
+            outcome.append("ran")
+        except EvaluationCancelled:
+            outcome.append("cancelled")
+
+    ex.lock.acquire()  # another session's job holds the model
+    try:
+        thread = threading.Thread(target=user)
+        thread.start()
+        while not seen:
+            time.sleep(0.005)
+        assert ex.queue_length == 2 and set(seen) == {1}  # one job (the holder) ahead
+        stop.set()
+        thread.join(10)
+    finally:
+        ex.lock.release()
+    assert outcome == ["cancelled"] and ex.queue_length == 0
+    assert ex.instantiate(config, timeout=0.5) is not None  # nobody stale holds the model

@@ -4,17 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from coa_lora.runs import (
-    CHECKPOINT_FILE,
-    RunInfo,
-    append_metrics,
-    load_checkpoint,
-    read_metrics,
-    read_run_info,
-    save_checkpoint,
-    truncate_metrics,
-    write_run_info,
-)
+from coa_lora.runs import (CHECKPOINT_FILE, RunInfo, append_metrics, load_checkpoint, read_metrics, read_run_info,
+                           save_checkpoint, truncate_metrics, write_run_info)
 
 
 def params_and_optimizer(seed=0, shape=(3, 4)):

@@ -22,16 +22,8 @@ from coa_lora.progress import ProgressFn, report
 from coa_lora.quant import kernels
 from coa_lora.quant.codebook import nf_table
 from coa_lora.quant.quantizer import QUANTIZER_VERSION, dequantize_scales, quantize_scales, to_blocks
-from coa_lora.quant.space import (
-    ALL_OPTIONS,
-    BITS,
-    BLOCK_SIZES,
-    SCALE_BITS,
-    SCALE_BLOCK_SIZES,
-    SCALE_DTYPES,
-    TORCH_DTYPES,
-    QuantOption,
-)
+from coa_lora.quant.space import (ALL_OPTIONS, BITS, BLOCK_SIZES, SCALE_BITS, SCALE_BLOCK_SIZES, SCALE_DTYPES,
+                                  TORCH_DTYPES, QuantOption)
 from coa_lora.storage import read_safetensors, write_safetensors
 
 TABLE_VERSION = "1"

@@ -15,8 +15,9 @@ Folder layout (format ``coa-lora-packed``, version 1):
 - ``quant_config.json`` (:meth:`ModelConfig.to_dict`), ``config.json`` (+ ``generation_config.json``) of transformers,
   the tokenizer files, and a ``README.md`` for whoever receives the folder.
 - with an adapter: ``adapter_model.safetensors`` + ``adapter_config.json`` from
-  :func:`~coa_lora.lora.adapter.export_peft` (U_θ folded into B). They sit at the top so that the folder is also a standard peft adapter folder:
-  ``PeftModel.from_pretrained(base, folder)`` reads it exactly as it reads ``export --adapter-only``'s output.
+  :func:`~coa_lora.lora.adapter.export_peft` (U_θ folded into B). They sit at the top so that the folder is also a
+  standard peft adapter folder: ``PeftModel.from_pretrained(base, folder)`` reads it exactly as it reads
+  ``export --adapter-only``'s output.
 
 Bytes: the tensors of ``quantized.safetensors`` hold exactly Σ ``option.storage_bytes(numel)``. That exceeds
 Σ bits_per_weight × numel / 8 by the padding, per matrix: the codes of the last, partial block (< B0 weights), the

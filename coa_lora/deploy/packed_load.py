@@ -17,17 +17,8 @@ from typing import Iterator, Optional
 import torch
 
 from coa_lora.configs.model_config import ModelConfig
-from coa_lora.deploy.packed import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST,
-    PARTS,
-    QUANT_CONFIG,
-    QUANTIZED,
-    UNQUANTIZED,
-    PackedSummary,
-    is_packed,
-)
+from coa_lora.deploy.packed import (FORMAT, FORMAT_VERSION, MANIFEST, PARTS, QUANT_CONFIG, QUANTIZED, UNQUANTIZED,
+                                    PackedSummary, is_packed)
 from coa_lora.lora.instantiate import layout_of
 from coa_lora.models.loading import FolderLoader, register_loader
 from coa_lora.progress import hf_progress_bars_off

@@ -30,13 +30,8 @@ import torch
 
 from coa_lora.evaluation.agreement import AgreementResult, agreement, reference_logprobs
 from coa_lora.evaluation.loglik import ScoringOptions, StopFn
-from coa_lora.evaluation.perplexity import (
-    PerplexityOptions,
-    PerplexityResult,
-    fingerprint,
-    heldout_perplexity,
-    heldout_windows,
-)
+from coa_lora.evaluation.perplexity import (PerplexityOptions, PerplexityResult, fingerprint, heldout_perplexity,
+                                            heldout_windows)
 from coa_lora.evaluation.scoring import TaskResult, evaluate_task
 from coa_lora.evaluation.tasks import HARNESS_TASKS, Task, embedded_tasks, load_task
 from coa_lora.lora.adapter import LoraLinear

@@ -61,7 +61,7 @@ class WeightCache:
 
 
 def layout_of(model: torch.nn.Module, model_id: str = "model") -> ModelLayout:
-    """The :class:`ModelLayout` of a Hugging Face causal LM (targets from :func:`coa_lora.models.loading.find_targets`)."""
+    """The :class:`ModelLayout` of a Hugging Face causal LM (targets from :func:`~coa_lora.models.find_targets`)."""
     from coa_lora.models.loading import find_targets
 
     targets = tuple(find_targets(model))

@@ -45,18 +45,8 @@ from coa_lora.lora.options import (  # noqa: F401 (the options were defined here
 from coa_lora.lora.step import accumulate_gradients, step_draws, step_gradients  # noqa: F401 (still importable here)
 from coa_lora.models.data import play_windows, plays, token_windows
 from coa_lora.progress import ProgressFn, report
-from coa_lora.runs import (
-    RunInfo,
-    append_metrics,
-    library_versions,
-    load_checkpoint,
-    read_configs,
-    read_run_info,
-    save_checkpoint,
-    truncate_metrics,
-    write_configs,
-    write_run_info,
-)
+from coa_lora.runs import (RunInfo, append_metrics, library_versions, load_checkpoint, read_configs, read_run_info,
+                           save_checkpoint, truncate_metrics, write_configs, write_run_info)
 from coa_lora.search.in_run import RunSearch, round_steps
 
 LQ_ITERATIONS = 3  # alternations of SVD and quantization in the LQ-LoRA initialisation; LQ-LoRA reports few suffice

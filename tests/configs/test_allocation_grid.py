@@ -4,16 +4,8 @@ import pytest
 import torch
 
 from coa_lora import Allocator, Workbench
-from coa_lora.configs.allocation_grid import (
-    GridAllocator,
-    grid_budgets,
-    grid_path,
-    install_shipped,
-    load_grid,
-    shipped_dir,
-    solve_grid,
-    write_grid,
-)
+from coa_lora.configs.allocation_grid import (GridAllocator, grid_budgets, grid_path, install_shipped, load_grid,
+                                              shipped_dir, solve_grid, write_grid)
 
 
 def test_grid_budgets_are_the_step_multiples_inside_the_range():

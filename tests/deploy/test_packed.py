@@ -5,17 +5,8 @@ import struct
 import pytest
 import torch
 
-from coa_lora import (
-    AdapterOptions,
-    CoALoRAModel,
-    ModelConfig,
-    QuantizedModel,
-    QuantOption,
-    Workbench,
-    load_packed,
-    read_summary,
-    save_packed,
-)
+from coa_lora import (AdapterOptions, CoALoRAModel, ModelConfig, QuantizedModel, QuantOption, Workbench, load_packed,
+                      read_summary, save_packed)
 from coa_lora.cli import main
 from coa_lora.deploy.packed import MANIFEST, QUANTIZED
 from coa_lora.models.loading import load_model

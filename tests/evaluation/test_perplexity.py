@@ -8,13 +8,8 @@ import torch.nn.functional as F
 
 from coa_lora import ModelConfig, preset
 from coa_lora.evaluation.loglik import EvaluationCancelled
-from coa_lora.evaluation.perplexity import (
-    PerplexityOptions,
-    fingerprint,
-    heldout_perplexity,
-    heldout_windows,
-    window_losses,
-)
+from coa_lora.evaluation.perplexity import (PerplexityOptions, fingerprint, heldout_perplexity, heldout_windows,
+                                            window_losses)
 from coa_lora.models.loading import load_model, load_tokenizer
 
 

@@ -5,14 +5,8 @@ import math
 import pytest
 import torch
 
-from coa_lora.evaluation.loglik import (
-    EvaluationCancelled,
-    ScoringOptions,
-    continuation_logprobs,
-    encode_pair,
-    max_length,
-    prefix_token_id,
-)
+from coa_lora.evaluation.loglik import (EvaluationCancelled, ScoringOptions, continuation_logprobs, encode_pair,
+                                        max_length, prefix_token_id)
 from coa_lora.evaluation.scoring import argmax, evaluate_task, item_result, mean_stderr, summarize
 from coa_lora.evaluation.tasks import MCItem, Task
 from coa_lora.models.loading import load_model, load_tokenizer

@@ -5,17 +5,8 @@ import numpy as np
 import pytest
 
 from coa_lora.evaluation.bigbench import format_example, read_task
-from coa_lora.evaluation.tasks import (
-    EMBEDDED_DIR,
-    HARNESS_TASKS,
-    MCItem,
-    embedded_tasks,
-    harness_task,
-    hellaswag_preprocess,
-    load_embedded,
-    load_jsonl,
-    load_task,
-)
+from coa_lora.evaluation.tasks import (EMBEDDED_DIR, HARNESS_TASKS, MCItem, embedded_tasks, harness_task,
+                                       hellaswag_preprocess, load_embedded, load_jsonl, load_task)
 
 
 def write_jsonl(path, rows):

@@ -4,14 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from coa_lora.models.assets import (
-    AssetMissingError,
-    cache_dir,
-    clean_text,
-    prepare_assets,
-    shakespeare_dir,
-    smollm2_dir,
-)
+from coa_lora.models.assets import (AssetMissingError, cache_dir, clean_text, prepare_assets, shakespeare_dir,
+                                    smollm2_dir)
 from coa_lora.models.data import load_split, plays
 
 

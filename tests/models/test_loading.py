@@ -5,16 +5,8 @@ import torch
 from torch import nn
 
 from coa_lora.models.assets import AssetMissingError
-from coa_lora.models.loading import (
-    LLAMA_KINDS,
-    Target,
-    find_targets,
-    load_model,
-    load_tokenizer,
-    model_id,
-    tiny_model,
-    weight_hash,
-)
+from coa_lora.models.loading import (LLAMA_KINDS, Target, find_targets, load_model, load_tokenizer, model_id,
+                                     tiny_model, weight_hash)
 
 SMOLLM2_SHAPES = {
     "q_proj": (576, 576), "k_proj": (192, 576), "v_proj": (192, 576), "o_proj": (576, 576),

@@ -4,15 +4,8 @@ import torch
 from coa_lora.quant import kernels
 from coa_lora.quant.codebook import nf_table
 from coa_lora.quant.packing import unpack_bits
-from coa_lora.quant.quantizer import (
-    dequantize,
-    dequantize_blockwise,
-    dequantize_scales,
-    quantization_error,
-    quantize,
-    quantize_blockwise,
-    quantize_scales,
-)
+from coa_lora.quant.quantizer import (dequantize, dequantize_blockwise, dequantize_scales, quantization_error, quantize,
+                                      quantize_blockwise, quantize_scales)
 from coa_lora.quant.space import ALL_OPTIONS, QuantOption
 
 

@@ -2,16 +2,8 @@ import re
 
 import pytest
 
-from coa_lora.quant.space import (
-    ALL_OPTIONS,
-    FIELD_VALUES,
-    MAX_BITS,
-    MIN_BITS,
-    OPTION_INDEX,
-    PRESETS,
-    QuantOption,
-    preset,
-)
+from coa_lora.quant.space import (ALL_OPTIONS, FIELD_VALUES, MAX_BITS, MIN_BITS, OPTION_INDEX, PRESETS, QuantOption,
+                                  preset)
 
 
 def test_table_has_all_432_distinct_options():

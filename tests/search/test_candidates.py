@@ -6,15 +6,8 @@ from coa_lora.configs.model_config import ModelConfig
 from coa_lora.lora.instantiate import layout_of
 from coa_lora.models.loading import load_model
 from coa_lora.quant.space import ALL_OPTIONS
-from coa_lora.search.candidates import (
-    allocator_grid,
-    group_moves,
-    groups,
-    local_moves,
-    perturbations,
-    recombinations,
-    swaps,
-)
+from coa_lora.search.candidates import (allocator_grid, group_moves, groups, local_moves, perturbations, recombinations,
+                                        swaps)
 from coa_lora.search.state import avg_bits
 
 BITS = torch.tensor([o.bits_per_weight for o in ALL_OPTIONS], dtype=torch.float64)

@@ -15,16 +15,8 @@ from coa_lora.lora.workbench import Workbench
 from coa_lora.quant.space import ALL_OPTIONS
 from coa_lora.search.candidates import allocator_grid
 from coa_lora.search.pareto import HypervolumePlane
-from coa_lora.search.rounds import (
-    STEPS,
-    SearchSettings,
-    SearchState,
-    avg_bits,
-    neighbours,
-    random_proposals,
-    reference_point,
-    search_round,
-)
+from coa_lora.search.rounds import (STEPS, SearchSettings, SearchState, avg_bits, neighbours, random_proposals,
+                                    reference_point, search_round)
 from coa_lora.search.surrogate import compare_encodings
 
 FAST = SearchSettings(segments=8, proposals=5, moves=10, mc_samples=32, seed=0)
