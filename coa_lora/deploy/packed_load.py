@@ -20,6 +20,7 @@ from coa_lora.configs.model_config import ModelConfig
 from coa_lora.deploy.packed import (FORMAT, FORMAT_VERSION, MANIFEST, PARTS, QUANT_CONFIG, QUANTIZED, UNQUANTIZED,
                                     PackedSummary, is_packed)
 from coa_lora.lora.instantiate import layout_of
+from coa_lora.deploy.packed_linear import PackedLinear
 from coa_lora.models.loading import FolderLoader, register_loader
 from coa_lora.progress import hf_progress_bars_off
 from coa_lora.quant.packing import packed_nbytes
@@ -29,6 +30,7 @@ from coa_lora.storage import read_safetensors
 
 #: How :func:`load_packed` treats an included adapter: peft-wrapped, merged into the weights, or left out.
 ADAPTER_MODES = ("peft", "merge", "none")
+WEIGHT_MODES = ("dequantized", "packed")
 _MANIFEST_KEYS = ("model_id", "weight_dtype", "avg_bits", "n_targets", "target_bytes", "ideal_target_bytes",
                   "size_bytes", "full_size_bytes", "adapter", "files")
 
@@ -72,7 +74,7 @@ def read_summary(folder: str | os.PathLike) -> PackedSummary:
 
 
 def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
-                adapter: str = "peft") -> torch.nn.Module:
+                adapter: str = "peft", weights: str = "dequantized") -> torch.nn.Module:
     """Rebuild the quantized model of a packed folder, in eval mode with every parameter frozen.
 
     Target weights are dequantized by :func:`~coa_lora.quant.quantizer.dequantize` from the stored codes, so the logits
@@ -82,7 +84,11 @@ def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", d
         device: where the model goes; dequantization runs on the CPU.
         dtype: of the rebuilt model; default: the dtype the model was exported from.
         adapter: with an included adapter, ``"peft"`` wraps the model in a ``peft.PeftModel``, ``"merge"`` adds
-            scaling · B'A into the dequantized weights (a plain transformers model), ``"none"`` leaves it out.
+            scaling · B'A into the dequantized weights (a plain transformers model), ``"none"`` leaves it out. With
+            ``weights="packed"`` both ``"peft"`` and ``"merge"`` keep it as a LoRA branch of each packed layer.
+        weights: ``"dequantized"`` loads every target as a float matrix; ``"packed"`` keeps each one packed in a
+            :class:`~coa_lora.deploy.packed_linear.PackedLinear`, dequantized on the fly in its forward: run-time
+            memory then follows the configuration's bits (the logits are the same, bit for bit without an adapter).
 
     Raises:
         ValueError: the folder is not a packed folder, is incomplete or corrupt, or its parts disagree.
@@ -91,6 +97,8 @@ def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", d
 
     if adapter not in ADAPTER_MODES:
         raise ValueError(f"adapter must be one of {ADAPTER_MODES}, got {adapter!r}.")
+    if weights not in WEIGHT_MODES:
+        raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}.")
     folder = Path(folder).expanduser()
     manifest = read_manifest(folder)
     stored = getattr(torch, str(manifest["weight_dtype"]), None)
@@ -104,10 +112,16 @@ def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", d
     layout = layout_of(skeleton, manifest["model_id"])
     config = ModelConfig.from_json((folder / QUANT_CONFIG).read_text(), layout)
     state, _ = read_safetensors(folder / UNQUANTIZED)
+    quantized = _quantized_targets(folder, config)
+    if weights == "packed":
+        model = _packed_model(model_class, hf_config, state, quantized, dtype, folder)
+        if manifest["adapter"] and adapter != "none":
+            _attach_lora(model, folder, dtype)
+        return model.to(device).eval().requires_grad_(False)
     # One decode per matrix in a fresh process: compiling the decode kernels (seconds per bit width and block size)
     # costs far more than it saves here, so they run eagerly, with identical values (tests/quant/test_kernels.py).
     with torch.compiler.set_stance("force_eager"):
-        state.update(_dequantized_targets(folder, config, dtype))
+        state.update({f"{name}.weight": dequantize(qt, dtype) for name, qt in quantized.items()})
     expected = {n for n, _ in _unique_state(skeleton)}
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -143,22 +157,59 @@ def _unique_state(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, value
 
 
-def _dequantized_targets(folder: Path, config: ModelConfig, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """``{"<target>.weight": dequantized weight}``, after checking the stored tensors against the configuration."""
+def _packed_model(model_class, hf_config, state: dict, quantized: dict, dtype: torch.dtype, folder: Path):
+    """The model with a :class:`PackedLinear` at every target and ``state`` everywhere else, never holding a float
+    copy of a target: the skeleton's parameters are empty (meta) until the stored tensors are assigned to them."""
+    from accelerate import init_empty_weights
+    from transformers import GenerationConfig
+
+    with init_empty_weights():  # parameters on meta, buffers (rotary frequencies) real
+        model = model_class(hf_config)
+    for name, qt in quantized.items():
+        parent, _, attr = name.rpartition(".")
+        bias = state.pop(f"{name}.bias", None)
+        model.get_submodule(parent).register_module(attr, PackedLinear(qt, None if bias is None else bias.to(dtype)))
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if unexpected or empty:
+        raise ValueError(f"The weights in {folder} do not fit its config.json (missing {empty[:2]}, unknown "
+                         f"{unexpected[:2]}); export the folder again.")
+    if (folder / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(folder)
+    return model
+
+
+def _attach_lora(model: torch.nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """The folder's peft adapter as a LoRA branch of each packed layer (peft cannot wrap a PackedLinear)."""
+    settings = json.loads((folder / "adapter_config.json").read_text())
+    tensors, _ = read_safetensors(folder / "adapter_model.safetensors")
+    scaling = settings["lora_alpha"] / settings["r"]
+    for name, module in model.named_modules():
+        if isinstance(module, PackedLinear):
+            a, b = (tensors.get(f"base_model.model.{name}.lora_{x}.weight") for x in ("A", "B"))
+            if a is None or b is None:
+                raise ValueError(f"{folder / 'adapter_model.safetensors'} has no LoRA factors for {name}; export "
+                                 "the folder again.")
+            module.set_lora_(a.to(dtype), b.to(dtype), scaling)
+
+
+def _quantized_targets(folder: Path, config: ModelConfig) -> dict[str, QuantizedTensor]:
+    """``{target name: its QuantizedTensor}``, after checking the stored tensors against the configuration."""
     tensors, metadata = read_safetensors(folder / QUANTIZED)
     described = {t.name: {"shape": list(t.shape), "option": o.to_dict()}
                  for t, o in zip(config.layout.targets, config.options)}
     if json.loads(metadata.get("targets", "null")) != described:
         raise ValueError(f"{folder / QUANTIZED} does not hold the matrices of {folder / QUANT_CONFIG} (shapes or "
                          "options differ); export the folder again.")
-    weights = {}
+    out = {}
     for target, option in zip(config.layout.targets, config.options):
         parts = {part: tensors.get(f"{target.name}.{part}") for part in PARTS}
         _check_parts(parts, target.numel, option, f"{folder / QUANTIZED}: {target.name}")
-        qt = QuantizedTensor(parts["codes"], parts["scale_codes"], parts["group_max"], parts["offset"].reshape(()),
-                             target.shape, option)
-        weights[f"{target.name}.weight"] = dequantize(qt, dtype)
-    return weights
+        out[target.name] = QuantizedTensor(parts["codes"], parts["scale_codes"], parts["group_max"],
+                                           parts["offset"].reshape(()), target.shape, option)
+    return out
 
 
 def _check_parts(parts: dict, numel: int, option: QuantOption, where: str) -> None:
@@ -178,7 +229,7 @@ def _check_parts(parts: dict, numel: int, option: QuantOption, where: str) -> No
 
 
 
-__all__ = ["ADAPTER_MODES", "load_packed", "read_manifest", "read_summary"]
+__all__ = ["ADAPTER_MODES", "WEIGHT_MODES", "load_packed", "read_manifest", "read_summary"]
 
 
 def _check_tokenizer(folder: str) -> None:

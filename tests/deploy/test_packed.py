@@ -210,3 +210,5 @@ def test_smollm2_round_trip_to_1e_5(tmp_path, smollm2_wb):
     wb.qmodel.apply_(config)
     expected = logits(wb.model, ids)
     assert (logits(load_packed(tmp_path / "p"), ids) - expected).abs().max() <= 1e-5
+    # The packed run-time weights (PackedLinear) give the same logits as the dequantized load.
+    assert (logits(load_packed(tmp_path / "p", weights="packed"), ids) - expected).abs().max() <= 1e-5
