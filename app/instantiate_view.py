@@ -72,7 +72,10 @@ def _panel() -> None:
                         "time in arrival order: 'queued' means other sessions' evaluations or instantiations hold or "
                         "wait for it; an evaluation applies this configuration itself when its turn comes.")
     st.caption(f"Source: {origin}. Uniform configuration of nearest size: {_option_name(u_opt)} "
-               f"({u_opt.bits_per_weight:.3f} bits, {uniform.size_bytes / mib:.1f} MiB).")
+               f"({u_opt.bits_per_weight:.3f} bits, {uniform.size_bytes / mib:.1f} MiB). Run-time weights of the "
+               f"deployed configuration: {config.size_bytes / mib:.1f} MiB kept packed "
+               f"(`load_packed(folder, weights='packed')`: the packed bytes plus what stays unquantized, as on disk) "
+               f"against {full / mib:.0f} MiB when dequantized to float; activations come on top of either.")
     left, right = st.columns(2)
     left.plotly_chart(plots.bits_heatmap(config), key="heat")
     right.plotly_chart(plots.bits_difference_heatmap(config, uniform, _option_name(u_opt)), key="diff")

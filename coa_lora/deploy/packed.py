@@ -5,8 +5,9 @@
 
 Folder layout (format ``coa-lora-packed``, version 1):
 
-- ``coa_lora_packed.json``: the manifest: format, version, source model, average bits, byte counts, and the size of
-  every other file, so that a truncated or replaced file is named before anything is read.
+- ``coa_lora_packed.json``: the manifest: format, version, source model, average bits, byte counts, the size of
+  every other file and the sha256 of the weight files, so that a truncated, replaced or tampered file is named before
+  anything is loaded.
 - ``quantized.safetensors``: per target matrix ``<name>.codes`` (bit-packed NF codes of whole blocks, uint8),
   ``<name>.scale_codes`` (bit-packed first-level scale codes, uint8), ``<name>.group_max`` (second-level scales in the
   option's dtype) and ``<name>.offset`` (``(1,)`` float32); its metadata ``targets`` holds each matrix's shape and
@@ -32,6 +33,7 @@ behind; the next export to the same place deletes it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -54,6 +56,8 @@ QUANTIZED = "quantized.safetensors"
 UNQUANTIZED = "unquantized.safetensors"
 QUANT_CONFIG = "quant_config.json"
 PARTS = ("codes", "scale_codes", "group_max", "offset")
+# Files whose content the manifest also hashes (a same-size replacement of a weight file is caught at load).
+HASHED = (QUANTIZED, UNQUANTIZED, "adapter_model.safetensors")
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,7 @@ def save_packed(source, config: ModelConfig, folder: str | os.PathLike, adapter=
         manifest["files"] = _file_sizes(stage)
         (stage / "README.md").write_text(_readme(PackedSummary.from_manifest(folder, manifest), weight_dtype))
         manifest["files"] = _file_sizes(stage)
+        manifest["sha256"] = {name: file_sha256(stage / name) for name in HASHED if (stage / name).is_file()}
         write_json(stage / MANIFEST, manifest)
     report(progress, total, total, str(folder))
     return PackedSummary.from_manifest(folder, manifest)
@@ -191,6 +196,14 @@ def _unquantized_state(qmodel: QuantizedModel) -> dict[str, torch.Tensor]:
             skip.add(id(value))
             state[name.replace(".base_layer.", ".")] = value.detach().cpu()
     return state
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:

@@ -18,7 +18,7 @@ import torch
 
 from coa_lora.configs.model_config import ModelConfig
 from coa_lora.deploy.packed import (FORMAT, FORMAT_VERSION, MANIFEST, PARTS, QUANT_CONFIG, QUANTIZED, UNQUANTIZED,
-                                    PackedSummary, is_packed)
+                                    PackedSummary, file_sha256, is_packed)
 from coa_lora.lora.instantiate import layout_of
 from coa_lora.deploy.packed_linear import PackedLinear
 from coa_lora.models.loading import FolderLoader, register_loader
@@ -101,6 +101,10 @@ def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", d
         raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}.")
     folder = Path(folder).expanduser()
     manifest = read_manifest(folder)
+    for name, digest in manifest.get("sha256", {}).items():  # folders written before hashes were kept: sizes only
+        if file_sha256(folder / name) != digest:
+            raise ValueError(f"{folder / name} does not hold what was exported (its sha256 differs from the "
+                             "manifest's): the file was changed afterwards; export the folder again.")
     stored = getattr(torch, str(manifest["weight_dtype"]), None)
     if not isinstance(stored, torch.dtype):
         raise ValueError(f"{folder / MANIFEST} names an unknown weight dtype {manifest['weight_dtype']!r}.")

@@ -166,12 +166,18 @@ def test_bad_folders_are_named_in_one_sentence(tmp_path, capsys):
     assert sorted(p.name for p in foreign.iterdir()) == ["config.json"]
 
     data = (folder / QUANTIZED).read_bytes()
+    # A byte changed, the size kept: the manifest's sha256 names the file, and nothing is loaded.
+    (folder / QUANTIZED).write_bytes(data[:-10] + bytes([data[-10] ^ 1]) + data[-9:])
+    with pytest.raises(ValueError, match=f"{QUANTIZED} does not hold what was exported"):
+        load_packed(folder, weights="packed")
     (folder / QUANTIZED).write_bytes(data[:-100])
     with pytest.raises(ValueError, match="truncated"):
         load_packed(folder)
-    # The same cut with the manifest edited to match: the safetensors reader still names the file.
+    # The same cut with the manifest edited to match, in a folder written before hashes were kept: the safetensors
+    # reader still names the file.
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["files"][QUANTIZED] -= 100
+    del manifest["sha256"]
     (folder / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_packed(folder)
