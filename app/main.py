@@ -15,6 +15,7 @@ page = st.navigation([
     st.Page("search_view.py", title="Search", icon=":material/insights:", default=True),
     st.Page("instantiate_view.py", title="Instantiate", icon=":material/tune:"),
     st.Page("evaluate_view.py", title="Evaluate", icon=":material/fact_check:"),
+    st.Page("generate_view.py", title="Generate", icon=":material/edit_note:"),
     st.Page("train_view.py", title="Train", icon=":material/model_training:"),
     st.Page("compare_view.py", title="Compare", icon=":material/leaderboard:"),
     st.Page("about_view.py", title="About", icon=":material/school:"),

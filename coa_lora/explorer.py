@@ -24,13 +24,32 @@ import torch
 from coa_lora.configs.allocate import Allocation
 from coa_lora.configs.allocation_grid import GridAllocator
 from coa_lora.configs.model_config import ModelConfig
-from coa_lora.evaluation.evaluator import Evaluator, Result, default_cache_dir
+from coa_lora.evaluation.evaluator import Evaluator, Result, default_cache_dir, model_as
+from coa_lora.evaluation.generation import GenerateOptions, generate, reference_logprobs
 from coa_lora.evaluation.loglik import EvaluationCancelled, StopFn
 from coa_lora.lora.workbench import DEFAULT_WEIGHTING, Workbench
 from coa_lora.model_queue import ModelQueue
 from coa_lora.progress import ProgressFn
 from coa_lora.quant.space import ALL_OPTIONS
 from coa_lora.search.run_view import RunView, open_run
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Tokens a model generated, their text pieces, each one's log-probability under the unquantized reference."""
+
+    tokens: list[int]
+    pieces: list[str]
+    reference_logprobs: list[float]
+    seconds: float
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return len(self.tokens) / self.seconds if self.seconds > 0 else float("nan")
 
 
 @dataclass(frozen=True)
@@ -171,6 +190,36 @@ class Explorer:
                                       adapter=adapter)
         finally:
             self.lock.release()
+
+    def generate(self, ids: torch.Tensor, config: Optional[ModelConfig], run: Optional[str | Path] = None,
+                 options: GenerateOptions = GenerateOptions(), on_token: Optional[Callable[[list[int]], None]] = None,
+                 should_stop: Optional[StopFn] = None, on_wait: Optional[Callable[[int], None]] = None) -> Generation:
+        """Continue ``ids`` ``(1, n)`` under ``config`` (None: unquantized) with ``run``'s adapter or every adapter off;
+        ``on_token(tokens so far)`` after each token; then each token's log-probability under the unquantized reference.
+
+        The model is held for the whole generation (other sessions queue, as for an evaluation)."""
+        def waiting(ahead: int) -> None:
+            if should_stop is not None and should_stop():
+                raise EvaluationCancelled("Generation cancelled.")
+            if on_wait is not None:
+                on_wait(ahead)
+
+        self.lock.acquire(on_wait=waiting)
+        try:
+            adapter = self.adapter(run) if run is not None else None
+            tokens: list[int] = []
+            t0 = time.perf_counter()
+            with model_as(self.wb, config, adapter):
+                for token in generate(self.wb.model, ids, options, self.wb.tokenizer.eos_token_id, should_stop):
+                    tokens.append(token)
+                    if on_token is not None:
+                        on_token(list(tokens))
+            seconds = time.perf_counter() - t0
+            with model_as(self.wb, None):
+                logprobs = reference_logprobs(self.wb.model, ids, tokens).tolist()
+        finally:
+            self.lock.release()
+        return Generation(tokens, [self.wb.tokenizer.decode([t]) for t in tokens], logprobs, seconds)
 
     @property
     def queue_length(self) -> int:

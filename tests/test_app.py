@@ -77,10 +77,10 @@ def test_budget_slider_yields_a_configuration_within_the_budget():
     assert "has no configuration within 2.05 bits" in messages(at)
 
 
-def wait_for_job(at, seconds=240):
+def wait_for_job(at, seconds=240, key="eval_job"):
     deadline = time.time() + seconds
     while time.time() < deadline:
-        job = at.session_state["eval_job"]
+        job = at.session_state[key]
         if job.snapshot()["finished"]:
             at.run()
             return job
@@ -105,6 +105,23 @@ def test_evaluation_on_the_tiny_model_completes_and_shows_numbers():
     bars = [f for f in figures(at) if "accuracy" in f["layout"]["title"]["text"]]
     assert bars and len(bars[0]["data"]) == len(results)
     assert not at.exception
+
+
+def test_generate_streams_every_column_and_says_where_each_leaves_the_reference():
+    at = app()
+    at.switch_page("generate_view.py").run()
+    assert not at.exception
+    at.number_input(key="gen_max").set_value(6)
+    at.button(key="gen_run").click().run()
+    job = wait_for_job(at, key="gen_job")
+    snap = job.snapshot()
+    assert snap["error"] is None, snap["error"]
+    results = snap["result"]
+    assert len(results) == 3 and all(r["done"] and len(r["tokens"]) == 6 for r in results.values())
+    assert all(len(r["logprobs"]) == 6 for r in results.values())
+    captions = " ".join(c.value for c in at.caption)
+    assert captions.count("tokens/s") == 3 and "same text as the reference" in captions
+    assert not at.exception and not at.error
 
 
 def test_a_cancelled_evaluation_says_so():

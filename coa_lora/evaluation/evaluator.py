@@ -135,7 +135,7 @@ class Evaluator:
             raise ValueError(f"No cached result for adapter {adapter_key}; pass the adapter itself to evaluate it.")
         wb = self.workbench
         reference = self._reference(limit, progress) if task == AGREEMENT_TASK else None
-        with _configured(wb.qmodel, config, adapter), _only(wb.model, adapter), _eval_mode(wb.model):
+        with model_as(wb, config, adapter):
             if task == PERPLEXITY_TASK:
                 result = heldout_perplexity(wb.model, wb.tokenizer, self.options.perplexity, limit, progress,
                                             should_stop)
@@ -166,7 +166,7 @@ class Evaluator:
         if limit not in self._references:
             wb = self.workbench
             windows = heldout_windows(wb.tokenizer, self.options.perplexity, limit)
-            with _configured(wb.qmodel, None), _only(wb.model, None), _eval_mode(wb.model):
+            with model_as(wb, None):
                 self._references[limit] = reference_logprobs(wb.model, windows, self.options.perplexity.batch_size,
                                                              progress)
         return self._references[limit]
@@ -195,6 +195,14 @@ class Evaluator:
             return TaskResult.from_dict(data["result"])
         except (OSError, ValueError, KeyError, TypeError):
             return None  # an unreadable or outdated entry is recomputed and overwritten
+
+
+@contextmanager
+def model_as(workbench, config, adapter=None) -> Iterator[None]:
+    """Run the block with ``workbench``'s model under ``config`` (None: unquantized) with ``adapter`` on and every
+    other LoRA wrapper off (None: the bare base), in eval mode; everything is put back after."""
+    with _configured(workbench.qmodel, config, adapter), _only(workbench.model, adapter), _eval_mode(workbench.model):
+        yield
 
 
 @contextmanager

@@ -1,0 +1,130 @@
+"""Generate: the same prompt continued by the unquantized reference, the quantized base and the run's adapters at the
+instantiated configuration, side by side, streamed as they are generated; each token coloured by how likely the
+unquantized reference finds it, and the first token where a column leaves the reference's text."""
+from __future__ import annotations
+
+import html
+
+import streamlit as st
+from common import compare_run, current_run, explorer
+from jobs import Job, start_thread
+
+from coa_lora.evaluation import GenerateOptions, first_divergence, prompt_ids
+from coa_lora.models import REFERENCE_LABEL
+
+EXAMPLES = {
+    "Shakespeare": ("Now is the winter of our discontent", False),
+    "An instruction": ("Write a short poem about the sea.", True),
+    "A fact question": ("What is the capital of France?", True),
+}
+
+
+def render() -> None:
+    st.header("Generate: read the damage")
+    ex = explorer()
+    config = st.session_state.get("config")
+    if config is None:
+        config = ex.allocate(3.0).config
+        st.session_state["config"], st.session_state["config_label"] = config, "3.000 bits (allocator at 3.00 bits)"
+    st.markdown(f"**Configuration:** {st.session_state['config_label']} — change it on the Instantiate page.")
+    example = st.selectbox("Example prompt", list(EXAMPLES), key="gen_example")
+    prompt = st.text_area("Prompt", EXAMPLES[example][0], key=f"gen_prompt_{example}", height=80)
+    c1, c2, c3, c4 = st.columns(4)
+    chat = c1.toggle("Instruction (chat template)", EXAMPLES[example][1], key=f"gen_chat_{example}")
+    sample = c2.toggle("Sample (off: greedy)", False, key="gen_sample")
+    max_new = c3.number_input("New tokens", 1, 256, 48, key="gen_max")
+    seed = c4.number_input("Seed", 0, 10_000, 0, key="gen_seed", disabled=not sample)
+    columns = _columns(current_run(), compare_run())
+    job: Job | None = st.session_state.get("gen_job")
+    running = job is not None and not job.snapshot()["finished"]
+    if st.button("Generate", type="primary", disabled=running, key="gen_run"):
+        try:
+            ids = prompt_ids(ex.wb.tokenizer, prompt, chat)
+            options = GenerateOptions(int(max_new), sample, seed=int(seed))
+        except ValueError as exc:
+            st.warning(str(exc))
+            return
+        job = Job(f"generation in {len(columns)} columns")
+        job.result = {}
+        st.session_state["gen_job"] = job
+        start_thread(job, lambda j: _generate(ex, config, ids, options, columns, j))
+        running = True
+    if job is not None:
+        st.fragment(_panel, run_every=0.5 if running else None)(list(columns), running)
+
+
+def _columns(view, shared) -> dict:
+    """Column label → (use the configuration?, run folder or None)."""
+    cols = {REFERENCE_LABEL: (False, None), "quantized base (no adapter)": (True, None)}
+    if view is not None and view.has_checkpoint and view.method != "lqlora":
+        cols[f"{view.method} adapter · {view.name}"] = (True, str(view.folder))
+    if shared is not None and shared.has_checkpoint and (view is None or shared.folder != view.folder):
+        cols[f"Shared-LoRA · {shared.name}"] = (True, str(shared.folder))
+    return cols
+
+
+def _generate(ex, config, ids, options, columns: dict, job: Job) -> dict:
+    """In the job's thread: one column after another, tokens published to ``job.result`` as they come."""
+    results = job.result
+    for i, (label, (quantized, run)) in enumerate(columns.items()):
+        def on_token(tokens, label=label, i=i):
+            with job.lock:
+                results[label] = {"tokens": tokens, "done": False}
+            job.progress(i * options.max_new_tokens + len(tokens), len(columns) * options.max_new_tokens,
+                         f"{label}: {len(tokens)} tokens")
+
+        def waiting(ahead, label=label):
+            job.progress(job.done, job.total, f"{label}: waiting for the model, {ahead} job(s) of other sessions "
+                                              "ahead")
+
+        out = ex.generate(ids, config if quantized else None, run, options, on_token, job.stop.is_set, waiting)
+        with job.lock:
+            results[label] = {"tokens": out.tokens, "pieces": out.pieces, "logprobs": out.reference_logprobs,
+                              "tokens_per_s": out.tokens_per_s, "done": True}
+    return results
+
+
+def _panel(labels: list[str], polling: bool) -> None:
+    job: Job = st.session_state["gen_job"]
+    snap = job.snapshot()
+    if snap["finished"] and polling:
+        st.rerun()  # the whole page once: this panel comes back without run_every
+    if not snap["finished"]:
+        st.progress(job.fraction, text=f"{snap['message']} · {snap['seconds']:.0f} s")
+        if st.button("Cancel", key="gen_cancel"):
+            job.cancel()
+    elif snap["error"]:
+        (st.warning if snap["cancelled"] else st.error)(snap["error"])
+    with job.lock:
+        results = {k: dict(v) for k, v in (job.result or {}).items()}
+    reference = results.get(REFERENCE_LABEL, {})
+    tokenizer = explorer().wb.tokenizer
+    for col, label in zip(st.columns(len(labels)), labels):
+        with col:
+            st.markdown(f"**{label}**")
+            r = results.get(label)
+            if r is None:
+                st.caption("waiting …")
+                continue
+            if not r["done"]:
+                st.markdown(html.escape(tokenizer.decode(r["tokens"])))
+                continue
+            st.markdown(_coloured(r["pieces"], r["logprobs"]), unsafe_allow_html=True)
+            div = first_divergence(r["tokens"], reference["tokens"]) if reference.get("done") else None
+            mean = sum(r["logprobs"]) / max(len(r["logprobs"]), 1)
+            st.caption(f"{r['tokens_per_s']:.1f} tokens/s · mean log-prob under the reference {mean:.2f} · "
+                       + ("same text as the reference" if div is None and reference.get("done") else
+                          f"leaves the reference's text at token {div + 1}" if div is not None else ""))
+
+
+def _coloured(pieces: list[str], logprobs: list[float]) -> str:
+    """Each token on a background from red (the reference finds it unlikely) to green (likely)."""
+    spans = []
+    for piece, lp in zip(pieces, logprobs):
+        p = min(max(2.718281828 ** lp, 0.0), 1.0)
+        spans.append(f'<span title="log-prob {lp:.2f}" style="background: hsla({int(120 * p)}, 70%, 50%, 0.35); '
+                     f'white-space: pre-wrap">{html.escape(piece)}</span>')
+    return "<div style='line-height: 1.8'>" + "".join(spans) + "</div>"
+
+
+render()
