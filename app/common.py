@@ -127,3 +127,25 @@ def _chosen(key: str, show_error: bool) -> Optional[RunView]:
         if show_error:
             st.error(str(exc))
         return None
+
+
+def configuration():
+    """The configuration chosen on Instantiate (the allocator's at 3 bits until one is chosen), and its label."""
+    if st.session_state.get("config") is None:
+        st.session_state["config"] = explorer().allocate(3.0).config
+        st.session_state["config_label"] = "3.000 bits (allocator at 3.00 bits)"
+    return st.session_state["config"], st.session_state["config_label"]
+
+
+def model_columns() -> dict:
+    """The models a view puts side by side, by label: (under the configuration?, run folder or None). The
+    unquantized reference, the quantized base, the run's adapter, and Shared-LoRA when another run is chosen."""
+    from coa_lora.models import REFERENCE_LABEL
+
+    view, shared = current_run(), compare_run()
+    cols = {REFERENCE_LABEL: (False, None), "quantized base (no adapter)": (True, None)}
+    if view is not None and view.has_checkpoint and view.method != "lqlora":
+        cols[f"{view.method} adapter · {view.name}"] = (True, str(view.folder))
+    if shared is not None and shared.has_checkpoint and (view is None or shared.folder != view.folder):
+        cols[f"Shared-LoRA · {shared.name}"] = (True, str(shared.folder))
+    return cols

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import streamlit as st
-from common import compare_run, current_run, explorer
+from common import configuration, explorer, model_columns
 from jobs import Job, start_thread
 
 from coa_lora import plots
 from coa_lora.evaluation import embedded_tasks
-from coa_lora.models import REFERENCE_LABEL
 
 PPL = "ppl"
 
@@ -15,13 +14,9 @@ PPL = "ppl"
 def render() -> None:
     st.header("Evaluate the instantiated configuration")
     ex = explorer()
-    config = st.session_state.get("config")
-    if config is None:
-        config = ex.allocate(3.0).config
-        st.session_state["config"], st.session_state["config_label"] = config, "3.000 bits (allocator at 3.00 bits)"
-    st.markdown(f"**Configuration:** {st.session_state['config_label']} — change it on the Instantiate page.")
-    view, shared = current_run(), compare_run()
-    columns = _columns(view, shared)
+    config, label = configuration()
+    st.markdown(f"**Configuration:** {label} — change it on the Instantiate page.")
+    columns = model_columns()
     tasks = st.multiselect("Tasks", embedded_tasks() + [PPL], default=[embedded_tasks()[0]], key="tasks",
                            help="Embedded BIG-bench multiple-choice subsets (offline), or ppl: perplexity on the "
                                 "held-out plays.")
@@ -43,26 +38,16 @@ def render() -> None:
         st.fragment(_progress, run_every=1.0 if running else None)(running)
 
 
-def _columns(view, shared) -> dict:
-    """Column label → (configuration or None for the reference, run folder or None)."""
-    cols = {REFERENCE_LABEL: ("reference", None), "quantized base (no adapter)": ("config", None)}
-    if view is not None and view.has_checkpoint and view.method != "lqlora":
-        cols[f"{view.method} adapter · {view.name}"] = ("config", str(view.folder))
-    if shared is not None and shared.has_checkpoint and (view is None or shared.folder != view.folder):
-        cols[f"Shared-LoRA · {shared.name}"] = ("config", str(shared.folder))
-    return cols
-
-
 def _evaluate(ex, config, plan, limit: int, job: Job) -> dict:
     results: dict = {}
-    for i, (col, (which, run), task) in enumerate(plan):
+    for i, (col, (quantized, run), task) in enumerate(plan):
         def progress(done, total, message="", i=i, col=col, task=task):
             job.progress(i * 1000 + int(1000 * done / max(total, 1)), len(plan) * 1000,
                          f"{task} · {col}: {done}/{total}")
         def waiting(ahead, i=i, col=col, task=task):
             job.progress(i * 1000, len(plan) * 1000,
                          f"{task} · {col}: waiting for the model, {ahead} job(s) of other sessions ahead")
-        cfg = None if which == "reference" else config
+        cfg = config if quantized else None
         results.setdefault(col, {})[task] = ex.evaluate(task, cfg, run, limit, progress, job.stop.is_set, waiting)
     job.progress(len(plan) * 1000, len(plan) * 1000, "done")
     return results

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 import streamlit as st
-from common import compare_run, current_run, explorer
+from common import configuration, explorer, model_columns
 from jobs import Job, start_thread
 
 from coa_lora.evaluation import GenerateOptions, first_divergence, prompt_ids
@@ -22,11 +22,8 @@ EXAMPLES = {
 def render() -> None:
     st.header("Generate: read the damage")
     ex = explorer()
-    config = st.session_state.get("config")
-    if config is None:
-        config = ex.allocate(3.0).config
-        st.session_state["config"], st.session_state["config_label"] = config, "3.000 bits (allocator at 3.00 bits)"
-    st.markdown(f"**Configuration:** {st.session_state['config_label']} — change it on the Instantiate page.")
+    config, label = configuration()
+    st.markdown(f"**Configuration:** {label} — change it on the Instantiate page.")
     example = st.selectbox("Example prompt", list(EXAMPLES), key="gen_example")
     prompt = st.text_area("Prompt", EXAMPLES[example][0], key=f"gen_prompt_{example}", height=80)
     c1, c2, c3, c4 = st.columns(4)
@@ -34,7 +31,7 @@ def render() -> None:
     sample = c2.toggle("Sample (off: greedy)", False, key="gen_sample")
     max_new = c3.number_input("New tokens", 1, 256, 48, key="gen_max")
     seed = c4.number_input("Seed", 0, 10_000, 0, key="gen_seed", disabled=not sample)
-    columns = _columns(current_run(), compare_run())
+    columns = model_columns()
     job: Job | None = st.session_state.get("gen_job")
     running = job is not None and not job.snapshot()["finished"]
     if st.button("Generate", type="primary", disabled=running, key="gen_run"):
@@ -51,16 +48,6 @@ def render() -> None:
         running = True
     if job is not None:
         st.fragment(_panel, run_every=0.5 if running else None)(list(columns), running)
-
-
-def _columns(view, shared) -> dict:
-    """Column label → (use the configuration?, run folder or None)."""
-    cols = {REFERENCE_LABEL: (False, None), "quantized base (no adapter)": (True, None)}
-    if view is not None and view.has_checkpoint and view.method != "lqlora":
-        cols[f"{view.method} adapter · {view.name}"] = (True, str(view.folder))
-    if shared is not None and shared.has_checkpoint and (view is None or shared.folder != view.folder):
-        cols[f"Shared-LoRA · {shared.name}"] = (True, str(shared.folder))
-    return cols
 
 
 def _generate(ex, config, ids, options, columns: dict, job: Job) -> dict:

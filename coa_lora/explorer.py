@@ -177,13 +177,7 @@ class Explorer:
 
         Cached by the evaluator (memory and disk); a cancelled run raises ``EvaluationCancelled``, also while it
         waits for the model. ``on_wait(ahead)`` is called while other jobs hold or wait for the model before it."""
-        def waiting(ahead: int) -> None:
-            if should_stop is not None and should_stop():
-                raise EvaluationCancelled("Evaluation cancelled.")
-            if on_wait is not None:
-                on_wait(ahead)
-
-        self.lock.acquire(on_wait=waiting)
+        self._wait_for_model(should_stop, on_wait)
         try:
             adapter = self.adapter(run) if run is not None else None
             return self.evaluator.run(task, config, limit=limit, progress=progress, should_stop=should_stop,
@@ -198,13 +192,7 @@ class Explorer:
         ``on_token(tokens so far)`` after each token; then each token's log-probability under the unquantized reference.
 
         The model is held for the whole generation (other sessions queue, as for an evaluation)."""
-        def waiting(ahead: int) -> None:
-            if should_stop is not None and should_stop():
-                raise EvaluationCancelled("Generation cancelled.")
-            if on_wait is not None:
-                on_wait(ahead)
-
-        self.lock.acquire(on_wait=waiting)
+        self._wait_for_model(should_stop, on_wait)
         try:
             adapter = self.adapter(run) if run is not None else None
             tokens: list[int] = []
@@ -220,6 +208,17 @@ class Explorer:
         finally:
             self.lock.release()
         return Generation(tokens, [self.wb.tokenizer.decode([t]) for t in tokens], logprobs, seconds)
+
+    def _wait_for_model(self, should_stop: Optional[StopFn], on_wait: Optional[Callable[[int], None]]) -> None:
+        """Take the model in turn, telling ``on_wait`` how many jobs are ahead; a cancel while waiting raises
+        ``EvaluationCancelled`` (the caller releases the model after its work)."""
+        def waiting(ahead: int) -> None:
+            if should_stop is not None and should_stop():
+                raise EvaluationCancelled("Cancelled while waiting for the model.")
+            if on_wait is not None:
+                on_wait(ahead)
+
+        self.lock.acquire(on_wait=waiting)
 
     @property
     def queue_length(self) -> int:

@@ -4,6 +4,7 @@ A reader therefore sees either the old file or folder or the new one, never half
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -118,3 +119,12 @@ def remove_dead_stages(dest: str | os.PathLike) -> None:
             shutil.rmtree(stage, ignore_errors=True)
         except (ValueError, PermissionError):  # not our naming, or another user's live process: leave it
             pass
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's content, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -33,7 +33,6 @@ behind; the next export to the same place deletes it.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -47,7 +46,7 @@ from coa_lora.lora.adapter import LoraLinear, export_peft
 from coa_lora.lora.instantiate import QuantizedModel
 from coa_lora.progress import ProgressFn, report
 from coa_lora.quant.quantizer import quantize
-from coa_lora.storage import staged_folder, write_json, write_safetensors
+from coa_lora.storage import file_sha256, staged_folder, write_json, write_safetensors
 
 FORMAT = "coa-lora-packed"
 FORMAT_VERSION = 1
@@ -196,14 +195,6 @@ def _unquantized_state(qmodel: QuantizedModel) -> dict[str, torch.Tensor]:
             skip.add(id(value))
             state[name.replace(".base_layer.", ".")] = value.detach().cpu()
     return state
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _file_sizes(folder: Path) -> dict[str, int]:

