@@ -104,10 +104,12 @@ class ComparePlan:
         return tuple(sorted(set(self.budgets) | set(self.unseen)))
 
     def runs(self) -> list[RunSpec]:
-        """Every adapter, seed-major (a partial comparison holds whole seeds first)."""
+        """Every adapter, seed-major, and in a seed the one-adapter methods (CoA-LoRA, Shared-LoRA) before the
+        per-configuration ones: a comparison stopped part-way holds whole seeds first, and in a seed what the comparison
+        is about first."""
         out = []
         for seed in self.seeds:
-            for method in self.methods:
+            for method in sorted(self.methods, key=lambda m: (m in PER_CONFIG, -METHODS.index(m))):
                 if method in PER_CONFIG:
                     out += [RunSpec(method, seed, b, f"{method}-{b:g}bits-seed{seed}") for b in self.budgets]
                 else:

@@ -65,7 +65,7 @@ def test_a_killed_comparison_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_
     steps = []
 
     def kill_in_the_second_run(done, total, message=""):
-        if message.startswith("coa-seed0") and "loss" in message:
+        if message.startswith("qlora-2.5bits-seed0") and "loss" in message:
             steps.append(message)
             if len(steps) == 3:  # after step 3, whose checkpoint is on disk (checkpoint_every 3): resumed from there
                 raise Killed()
@@ -73,7 +73,7 @@ def test_a_killed_comparison_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_
     with pytest.raises(Killed):
         run_comparison(SMALL, tmp_path / "killed", wb=Workbench.load("tiny"), progress=kill_in_the_second_run)
     state = json.loads((tmp_path / "killed" / "state.json").read_text())
-    assert list(state["runs"]) == ["qlora-2.5bits-seed0"]  # the first run finished, the second did not
+    assert list(state["runs"]) == ["coa-seed0"]  # the first run finished, the second did not
     resumed = run_comparison(SMALL, tmp_path / "killed", wb=Workbench.load("tiny"))
     cols = ["method", "budget", "perplexity", "kl", "top1", "date_understanding.acc"]
     pd.testing.assert_frame_equal(pd.DataFrame(resumed.rows)[cols], pd.DataFrame(whole.rows)[cols])
@@ -121,7 +121,7 @@ def test_a_folder_of_another_plan_is_refused_before_anything_trains(tmp_path, ca
 def test_plan_runs_nearest_adapters_and_round_trip():
     plan = ComparePlan.quick(budgets=(2.5, 3.0), unseen=(2.75, 3.5))
     names = [s.name for s in plan.runs()]
-    assert names[:4] == ["qlora-2.5bits-seed0", "qlora-3bits-seed0", "shared-seed0", "coa-seed0"]
+    assert names[:4] == ["coa-seed0", "shared-seed0", "qlora-2.5bits-seed0", "qlora-3bits-seed0"]
     by_budget = {s.budget: s for s in plan.runs() if s.method == "qlora" and s.seed == 0}
     assert plan.serves(by_budget[2.5], 2.75) and not plan.serves(by_budget[3.0], 2.75)  # a tie goes to the lower
     assert plan.serves(by_budget[3.0], 3.5) and not plan.serves(by_budget[2.5], 3.5)
