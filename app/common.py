@@ -149,3 +149,82 @@ def model_columns() -> dict:
     if shared is not None and shared.has_checkpoint and (view is None or shared.folder != view.folder):
         cols[f"Shared-LoRA · {shared.name}"] = (True, str(shared.folder))
     return cols
+
+
+# ----- links that reopen a view ----------------------------------------------------------------------------------
+PAGES = {"search": "search_view.py", "instantiate": "instantiate_view.py", "evaluate": "evaluate_view.py",
+         "generate": "generate_view.py", "train": "train_view.py", "compare": "compare_view.py",
+         "about": "about_view.py"}
+LINK_KEYS = ("page", "run", "budget", "source", "tasks")
+BUDGET_STEP = 0.05  # the Instantiate slider's step
+
+
+def link_page() -> str:
+    """The page a link asks for (?page=generate), else the Search page; a bad name is reported by apply_link."""
+    return PAGES.get(st.query_params.get("page", "search"), PAGES["search"])
+
+
+def apply_link() -> None:
+    """Once per session, the link's query parameters set the selection: ``?page=generate&run=data/reference/coa_search
+    &budget=3.0&source=allocator&tasks=date_understanding,ppl``. A bad or foreign parameter gets one sentence and the
+    default for it, never a traceback."""
+    if st.session_state.get("link_applied"):
+        return
+    st.session_state["link_applied"] = True
+    q = {k: st.query_params.get(k) for k in st.query_params}
+    problems = [f"parameter {k!r} is not one of {', '.join(LINK_KEYS)}" for k in sorted(set(q) - set(LINK_KEYS))]
+    if "page" in q and q["page"] not in PAGES:
+        problems.append(f"page {q['page']!r} is not one of {', '.join(PAGES)}")
+    if "run" in q:
+        try:
+            run_view(q["run"])
+            st.session_state["run_folder"] = st.session_state["run_choice"] = q["run"]
+        except ValueError as exc:
+            problems.append(f"run: {exc}")
+    if "budget" in q:
+        ex = explorer()
+        lo, hi = ex.budget_range
+        try:
+            budget = float(q["budget"])
+        except ValueError:
+            budget = float("nan")
+        if lo <= budget <= hi:
+            st.session_state["budget"] = round(round(budget / BUDGET_STEP) * BUDGET_STEP, 2)
+            config = ex.allocate(budget).config
+            st.session_state["config"] = config
+            st.session_state["config_label"] = f"{config.avg_bits:.3f} bits (allocator at {budget:.2f} bits)"
+        else:
+            problems.append(f"budget {q['budget']!r} is not a number of bits in [{lo:.3f}, {hi:.3f}]")
+    if "source" in q:
+        if q["source"] in ("allocator", "searched"):
+            st.session_state["source"] = q["source"]
+        else:
+            problems.append(f"source {q['source']!r} is not allocator or searched")
+    if "tasks" in q:
+        from coa_lora.evaluation import embedded_tasks
+
+        tasks = [t for t in q["tasks"].split(",") if t]
+        known = embedded_tasks() + ["ppl"]
+        if tasks and all(t in known for t in tasks):
+            st.session_state["tasks"] = tasks
+        else:
+            problems.append(f"tasks {q['tasks']!r} are not among {', '.join(known)}")
+    for problem in problems:
+        st.warning(f"This link's {problem}; that part of the view is left at its default.")
+
+
+def view_link(page: str) -> str:
+    """The query string that reopens this view: the page, the run, the budget, the configuration source, the tasks."""
+    from urllib.parse import urlencode
+
+    name = next((k for k, v in PAGES.items() if v == page), "search")
+    params = {"page": name}
+    if st.session_state.get("run"):
+        params["run"] = st.session_state["run"]
+    if "budget" in st.session_state:
+        params["budget"] = f"{st.session_state['budget']:.2f}"
+    if st.session_state.get("source") in ("allocator", "searched"):
+        params["source"] = st.session_state["source"]
+    if st.session_state.get("tasks"):
+        params["tasks"] = ",".join(st.session_state["tasks"])
+    return "?" + urlencode(params)

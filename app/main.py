@@ -3,21 +3,22 @@ each view lives in its own module."""
 from __future__ import annotations
 
 import streamlit as st
-from common import explorer, sidebar
+from common import apply_link, explorer, link_page, sidebar, view_link
 
 st.set_page_config(page_title="coa-lora explorer", page_icon=":material/memory:", layout="wide")
 st.title("coa-lora explorer")
 st.caption("One adapter for every bit budget: configuration-aware LoRA (CoA-LoRA) for mixed-precision quantized LLMs.")
 
 explorer()
+apply_link()
 sidebar()
-page = st.navigation([
-    st.Page("search_view.py", title="Search", icon=":material/insights:", default=True),
-    st.Page("instantiate_view.py", title="Instantiate", icon=":material/tune:"),
-    st.Page("evaluate_view.py", title="Evaluate", icon=":material/fact_check:"),
-    st.Page("generate_view.py", title="Generate", icon=":material/edit_note:"),
-    st.Page("train_view.py", title="Train", icon=":material/model_training:"),
-    st.Page("compare_view.py", title="Compare", icon=":material/leaderboard:"),
-    st.Page("about_view.py", title="About", icon=":material/school:"),
-])
+start = link_page()  # a link may open on any page (?page=generate)
+pages = [("search_view.py", "Search", ":material/insights:"), ("instantiate_view.py", "Instantiate", ":material/tune:"),
+         ("evaluate_view.py", "Evaluate", ":material/fact_check:"),
+         ("generate_view.py", "Generate", ":material/edit_note:"),
+         ("train_view.py", "Train", ":material/model_training:"),
+         ("compare_view.py", "Compare", ":material/leaderboard:"), ("about_view.py", "About", ":material/school:")]
+page = st.navigation([st.Page(f, title=title, icon=icon, default=f == start) for f, title, icon in pages])
+shown = f"{page.url_path}.py" if page.url_path else start
+st.sidebar.caption(f"Link to this view (append it to the explorer's address): `{view_link(shown)}`")
 page.run()

@@ -180,6 +180,28 @@ def test_compare_view_draws_each_method_against_bits_with_its_seed_band_and_the_
     assert "top-1" in quality[0]["layout"]["title"]["text"] and quality[0]["layout"]["yaxis"].get("type") != "log"
 
 
+def test_a_link_reopens_a_page_at_a_budget_with_tasks_and_a_bad_one_gets_a_sentence():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
+    at.query_params.update({"page": "evaluate", "run": str(TINY_RUN), "budget": "3.5", "tasks": "ppl"})
+    at.run()
+    assert not at.exception and not at.warning, messages(at)
+    assert any("Evaluate the instantiated configuration" in h.value for h in at.header)
+    assert at.multiselect(key="tasks").value == ["ppl"]
+    assert "allocator at 3.50 bits" in " ".join(m.value for m in at.markdown)
+    assert any("page=evaluate" in c.value and "budget=3.50" in c.value for c in at.sidebar.caption)
+
+    bad = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=300)
+    bad.query_params.update({"page": "nowhere", "budget": "99", "colour": "red", "run": "/no/such/run"})
+    bad.run()
+    assert not bad.exception
+    warnings = [w.value for w in bad.warning]
+    assert len(warnings) == 4 and all(w.startswith("This link's") for w in warnings), warnings
+    assert any("not a number of bits in" in w for w in warnings)
+    assert any(h.value.startswith("Search") for h in bad.header)  # the default page
+
+
 def test_about_view_renders_the_method_diagram():
     at = app()
     at.switch_page("about_view.py").run()
