@@ -176,9 +176,10 @@ def apply_link() -> None:
     if "page" in q and q["page"] not in PAGES:
         problems.append(f"page {q['page']!r} is not one of {', '.join(PAGES)}")
     if "run" in q:
+        folder = q["run"] if Path(q["run"]).is_absolute() else str(ROOT / q["run"])  # links name runs in the repo
         try:
-            run_view(q["run"])
-            st.session_state["run_folder"] = st.session_state["run_choice"] = q["run"]
+            run_view(folder)
+            st.session_state["run_folder"] = st.session_state["run_choice"] = folder
         except ValueError as exc:
             problems.append(f"run: {exc}")
     if "budget" in q:
@@ -220,7 +221,8 @@ def view_link(page: str) -> str:
     name = next((k for k, v in PAGES.items() if v == page), "search")
     params = {"page": name}
     if st.session_state.get("run"):
-        params["run"] = st.session_state["run"]
+        run = Path(st.session_state["run"]).resolve()
+        params["run"] = str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run)  # portable in the repo
     if "budget" in st.session_state:
         params["budget"] = f"{st.session_state['budget']:.2f}"
     if st.session_state.get("source") in ("allocator", "searched"):
