@@ -39,13 +39,10 @@ class Generation:
     """Tokens a model generated, their text pieces, each one's log-probability under the unquantized reference."""
 
     tokens: list[int]
-    pieces: list[str]
+    pieces: list[str]  # the text each token adds (for colouring; a character split over tokens may show once as �)
     reference_logprobs: list[float]
     seconds: float
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
+    text: str  # the whole text, decoded at once
 
     @property
     def tokens_per_s(self) -> float:
@@ -207,7 +204,10 @@ class Explorer:
                 logprobs = reference_logprobs(self.wb.model, ids, tokens).tolist()
         finally:
             self.lock.release()
-        return Generation(tokens, [self.wb.tokenizer.decode([t]) for t in tokens], logprobs, seconds)
+        # Each piece is the text the token adds in context: a character split over byte-level tokens is not garbled.
+        decode = self.wb.tokenizer.decode
+        pieces = [decode(tokens[:i + 1])[len(decode(tokens[:i])):] for i in range(len(tokens))]
+        return Generation(tokens, pieces, logprobs, seconds, decode(tokens))
 
     def _wait_for_model(self, should_stop: Optional[StopFn], on_wait: Optional[Callable[[int], None]]) -> None:
         """Take the model in turn, telling ``on_wait`` how many jobs are ahead; a cancel while waiting raises

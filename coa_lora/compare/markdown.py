@@ -43,7 +43,8 @@ def _cell(cells: dict, method: str, budget: float, metric: str, digits: int) -> 
     c = cells.get((method, budget, metric))
     if c is None:
         return "–"
-    return f"{c['mean']:.{digits}f} ± {c['sd']:.{digits}f} ({c['n']})"
+    sd = "–" if c["sd"] is None else f"{c['sd']:.{digits}f}"
+    return f"{c['mean']:.{digits}f} ± {sd} ({c['n']})"
 
 
 def _method_table(summary: dict, metric: str, budgets: list[float], plan: dict) -> list[str]:
@@ -63,7 +64,8 @@ def _method_table(summary: dict, metric: str, budgets: list[float], plan: dict) 
     for method in ["base", *plan["methods"]]:
         info = methods.get(method)
         minutes = ("–" if info is None or info["train_seconds"] is None
-                   else f"{info['train_seconds']['mean'] / 60:.1f} ± {info['train_seconds']['sd'] / 60:.1f}")
+                   else f"{info['train_seconds']['mean'] / 60:.1f} ± {info['train_seconds']['sd'] / 60:.1f}"
+                   f" ({info['train_seconds']['n']})")
         adapters = "0" if info is None else str(info["adapters"])
         row = [LABELS[method], adapters, minutes] + [_cell(cells, method, b, metric, digits) for b in budgets]
         if with_gap:

@@ -43,7 +43,8 @@ def write_results(comparison: Comparison, command: str, date: str | None = None)
     """Write results.csv (one row per evaluation), runs.csv (one per adapter) and summary.json; return the summary."""
     folder = Path(comparison.folder)
     rows = pd.DataFrame(comparison.rows)
-    runs = pd.DataFrame([{"run": name, **info} for name, info in comparison.state["runs"].items()])
+    runs = pd.DataFrame([{"run": name, **info} for name, info in comparison.state["runs"].items()],
+                        columns=["run", "method", "seed", "budget", "train_seconds", "passes"])
     atomic_write_bytes(folder / RESULTS_FILE, rows.to_csv(index=False).encode())
     atomic_write_bytes(folder / RUNS_FILE, runs.to_csv(index=False).encode())
     summary = summarize(comparison.plan, rows, runs)
@@ -86,11 +87,11 @@ def metric_columns(plan: ComparePlan) -> list[str]:
 
 
 def cells(plan: ComparePlan, rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, budget, metric): mean, sd and n over seeds (the base, trained once, has n = 1 and sd 0)."""
+    """Per (method, budget, metric): mean, sd and n over seeds (the base, trained once, has n = 1 and no sd)."""
     long = rows.melt(id_vars=["method", "seed", "budget", "trained"], value_vars=metric_columns(plan),
                      var_name="metric", value_name="value")
     g = long.groupby(["method", "budget", "trained", "metric"])["value"]
-    out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1).fillna(0.0), "n": g.count()}).reset_index()
+    out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "n": g.count()}).reset_index()  # sd of one: None
     return out
 
 
@@ -107,11 +108,23 @@ def gaps(plan: ComparePlan, rows: pd.DataFrame, method: str, other: str, metric:
     return out
 
 
-def time_ratio(runs: pd.DataFrame, method: str = "coa") -> dict | None:
-    """Training time of ``method``'s one adapter over all per-configuration adapters of the same seed."""
+def complete_seeds(runs: pd.DataFrame, method: str, n_budgets: int) -> pd.DataFrame:
+    """``method``'s runs of the seeds where all of them finished (a per-configuration method has one per budget):
+    a seed stopped part-way would understate its time."""
+    mine = runs[runs.method == method]
+    if method not in PER_CONFIG:
+        return mine
+    counts = mine.groupby("seed").size()
+    return mine[mine.seed.isin(counts[counts == n_budgets].index)]
+
+
+def time_ratio(runs: pd.DataFrame, n_budgets: int, method: str = "coa") -> dict | None:
+    """Training time of ``method``'s one adapter over all per-configuration adapters of the same seed (seeds whose
+    per-configuration adapters all finished)."""
     if runs.empty or method not in set(runs.method) or not set(PER_CONFIG) & set(runs.method):
         return None
-    per_config = runs[runs.method.isin(PER_CONFIG)].groupby("seed")["train_seconds"].sum()
+    done = pd.concat([complete_seeds(runs, m, n_budgets) for m in PER_CONFIG])
+    per_config = done.groupby("seed")["train_seconds"].sum()
     own = runs[runs.method == method].set_index("seed")["train_seconds"]
     ratio = (own / per_config).dropna()
     if ratio.empty:
@@ -129,7 +142,7 @@ def summarize(plan: ComparePlan, rows: pd.DataFrame, runs: pd.DataFrame) -> dict
                 for g in gaps(plan, rows, method, other, metric).to_dict("records"):
                     out["gaps"].append({"method": method, "other": other, "metric": metric, **g})
     for method in plan.methods:
-        mine = runs[runs.method == method] if not runs.empty else runs
+        mine = complete_seeds(runs, method, len(plan.budgets)) if not runs.empty else runs
         per_seed = mine.groupby("seed")[["train_seconds", "passes"]].sum() if not mine.empty else None
         out["methods"].append({
             "method": method, "label": LABELS[method],
@@ -138,7 +151,7 @@ def summarize(plan: ComparePlan, rows: pd.DataFrame, runs: pd.DataFrame) -> dict
             "train_seconds": None if per_seed is None else _mean_sd(per_seed["train_seconds"]),
             "passes": None if per_seed is None else int(per_seed["passes"].iloc[0]),
         })
-    out["time_ratio"] = time_ratio(runs)
+    out["time_ratio"] = time_ratio(runs, len(plan.budgets))
     return _finite(out)
 
 

@@ -33,7 +33,7 @@ from coa_lora.lora.step import accumulate_gradients
 from coa_lora.lora.trainer import training_windows
 from coa_lora.progress import ProgressFn, report
 from coa_lora.runs import CHECKPOINT_FILE, RUN_FILE, metric_rows
-from coa_lora.storage import write_json
+from coa_lora.storage import read_safetensors, write_json
 
 PLAN_FILE, STATE_FILE = "plan.json", "state.json"
 AGREEMENT = "kl"
@@ -66,7 +66,8 @@ def run_comparison(plan: ComparePlan, folder: str | os.PathLike, wb: Workbench |
     saved_seeds = set(plan.seeds)
     if (folder / PLAN_FILE).is_file():
         saved_seeds |= set(ComparePlan.from_dict(json.loads((folder / PLAN_FILE).read_text())).seeds)
-    write_json(folder / PLAN_FILE, ComparePlan.to_dict(_with_seeds(plan, saved_seeds)))
+    plan = _with_seeds(plan, saved_seeds)  # the folder's seeds too: its results and runs stay one comparison
+    write_json(folder / PLAN_FILE, plan.to_dict())
     state = _read_state(folder)
     state["command"] = command or state.get("command", "")
     length = plan.ppl_length
@@ -195,8 +196,10 @@ def _passes(plan: ComparePlan, spec: RunSpec) -> int:
 
 
 def _step_seconds(run_folder: Path) -> float:
-    """Training seconds already spent by a resumed run's logged steps (time of a killed process is otherwise lost)."""
-    return float(sum(r.get("seconds", 0.0) for r in metric_rows(run_folder)))
+    """Training seconds already spent by a resumed run's logged steps up to its checkpoint (the steps after it are
+    trained again; the time of a killed process is otherwise lost)."""
+    step = int(read_safetensors(run_folder / CHECKPOINT_FILE)[1]["step"])
+    return float(sum(r.get("seconds", 0.0) for r in metric_rows(run_folder) if r.get("step", 0) <= step))
 
 
 def _estimate(plan: ComparePlan, wb: Workbench, evaluator: Evaluator, configs: dict, echo) -> float:

@@ -80,6 +80,8 @@ def agreement(model, windows: Windows, reference: list[torch.Tensor], batch_size
     ``reference``: :func:`reference_logprobs` of the same windows. A model equal to the reference scores kl ≈ 0
     (float16 rounding of the reference: below 1e-3 nats) and top1 = 1.
     """
+    if not windows:
+        raise ValueError("No window to score: the text is shorter than one window.")
     if len(reference) != len(windows):
         raise ValueError(f"The reference has {len(reference)} windows, the text {len(windows)}: compute it on the same "
                          "windows.")

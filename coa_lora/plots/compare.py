@@ -42,7 +42,8 @@ def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[f
         rows = frame[frame["method"] == method]
         color, label = METHOD_COLORS[method], METHOD_LABELS[method]
         x = rows["budget"].tolist()
-        upper, lower = (rows["mean"] + rows["sd"]).tolist(), (rows["mean"] - rows["sd"]).tolist()
+        sd = rows["sd"].fillna(0.0)  # one seed (or the base): no band
+        upper, lower = (rows["mean"] + sd).tolist(), (rows["mean"] - sd).tolist()
         fig.add_trace(go.Scatter(x=x + x[::-1], y=upper + lower[::-1], fill="toself", fillcolor=_rgba(color, 0.15),
                                  line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=method))
         seen = [b in trained for b in x]
@@ -51,7 +52,7 @@ def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[f
             line=dict(color=color, width=2.5, dash="dot" if method == "base" else "solid"),
             marker=dict(size=10, color=[color if s else "white" for s in seen], line=dict(color=color, width=2),
                         symbol=["circle" if s else "diamond" for s in seen]),
-            customdata=list(zip(rows["sd"], rows["n"], ["trained" if s else "unseen" for s in seen])),
+            customdata=list(zip(sd, rows["n"], ["trained" if s else "unseen" for s in seen])),
             hovertemplate=f"{label}<br>%{{x:g}} bits (%{{customdata[2]}})<br>%{{y:.4g}} ± %{{customdata[0]:.3g}} "
                           "over %{customdata[1]} seed(s)<extra></extra>"))
     for b in sorted(trained):

@@ -148,5 +148,7 @@ def test_gaps_are_paired_by_seed_and_time_ratios_by_seed():
     runs = pd.DataFrame([
         {"method": "qlora", "seed": 0, "train_seconds": 10.0}, {"method": "qlora", "seed": 0, "train_seconds": 30.0},
         {"method": "coa", "seed": 0, "train_seconds": 20.0}, {"method": "coa", "seed": 1, "train_seconds": 5.0},
+        {"method": "qlora", "seed": 2, "train_seconds": 10.0}, {"method": "coa", "seed": 2, "train_seconds": 20.0},
     ])
-    assert time_ratio(runs) == {"mean": 0.5, "sd": 0.0, "n": 1}  # seed 1 has no per-configuration runs to compare
+    # Seed 1 has no per-configuration runs, seed 2 one of two (stopped part-way): neither has a ratio.
+    assert time_ratio(runs, n_budgets=2) == {"mean": 0.5, "sd": 0.0, "n": 1}
