@@ -63,11 +63,21 @@ def _model_name(args) -> str:
     return next((name for name in (SMOLLM2, TINY) if model_id(name) == recorded), recorded)
 
 
+def _check_budget(budget: float | None) -> None:
+    """Every model's feasible range is the option space's (bits per weight do not depend on a matrix's shape)."""
+    from coa_lora.quant import MAX_BITS, MIN_BITS
+
+    if budget is not None and not MIN_BITS <= budget <= MAX_BITS:
+        raise CliError(f"Budget {budget} bits is outside the feasible range [{MIN_BITS:.4f}, {MAX_BITS:.4f}] bits "
+                       "per weight.")
+
+
 def allocate_command(args) -> int:
     from coa_lora.progress import tqdm_progress
 
     if args.out is not None and args.out.is_dir():
         raise CliError(f"--out {args.out} is a folder; give a file path for the configuration JSON.")
+    _check_budget(args.budget)  # before the model loads and a damage table is computed for nothing
     wb = _workbench(args)
     with tqdm_progress(f"damage table ({args.weighting})") as progress:
         allocation = wb.allocate(args.budget, weighting=args.weighting, progress=progress)
@@ -148,6 +158,7 @@ def eval_command(args) -> int:
         if task not in WINDOW_TASKS:
             load_task(task, args.limit)
     uniform = preset(args.uniform) if args.uniform is not None else None
+    _check_budget(args.budget)
     wb = _workbench(args)
     config = None
     if args.budget is not None:

@@ -183,9 +183,11 @@ def merge_results(folders, out: str | os.PathLike, command: str) -> Comparison:
     plans = [ComparePlan.from_dict(s["plan"]) for _, _, _, s in parts]
     if any(not p.same_plan(plans[0]) for p in plans[1:]):
         raise ValueError("These comparisons have different plans (beyond their seeds); merge only folders of one plan.")
-    seeds = [set(p.seeds) for p in plans]
+    # The seeds each folder has results or adapters for (a merged folder plans all seeds but holds only some).
+    seeds = [set(r.seed.dropna().astype(int)) | set(ru.seed.dropna().astype(int)) for _, r, ru, _ in parts]
     if len(set().union(*seeds)) != sum(map(len, seeds)):
         raise ValueError("These comparisons share seeds; merge folders whose seeds are disjoint.")
+    seeds = [set(p.seeds) for p in plans]
     rows = pd.concat([r for _, r, _, _ in parts], ignore_index=True)
     base = rows[rows.method == "base"].drop_duplicates(subset=["budget"])  # the same model and configurations
     rows = pd.concat([base, rows[rows.method != "base"]], ignore_index=True)
