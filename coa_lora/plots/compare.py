@@ -59,7 +59,8 @@ def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[f
         fig.add_vline(x=b, line=dict(color="#dddddd", width=1))
     if metric in ("perplexity", "kl"):
         fig.update_yaxes(type="log")
-    default = f"{METRIC_AXES.get(metric, metric)} — filled: trained budgets, open: unseen"
+    # Short enough for a half-width column: the axis says the scale, the caption the rest.
+    default = f"{METRIC_AXES.get(metric, metric).split(' (')[0]} — filled: trained budgets, open: unseen"
     return layout_figure(fig, title or default, "average bits per weight",
                          METRIC_AXES.get(metric, metric).split(" (")[0], height=460)
 
