@@ -27,6 +27,7 @@ from coa_lora.configs.model_config import ModelConfig
 from coa_lora.evaluation.evaluator import Evaluator, Result, default_cache_dir, model_as
 from coa_lora.evaluation.generation import GenerateOptions, generate, reference_logprobs
 from coa_lora.evaluation.loglik import EvaluationCancelled, StopFn
+from coa_lora.evaluation.scoring import TaskResult
 from coa_lora.lora.workbench import DEFAULT_WEIGHTING, Workbench
 from coa_lora.model_queue import ModelQueue
 from coa_lora.progress import ProgressFn
@@ -169,16 +170,18 @@ class Explorer:
 
     def evaluate(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
                  limit: Optional[int] = None, progress: Optional[ProgressFn] = None,
-                 should_stop: Optional[StopFn] = None, on_wait: Optional[Callable[[int], None]] = None) -> Result:
+                 should_stop: Optional[StopFn] = None, on_wait: Optional[Callable[[int], None]] = None,
+                 on_items: Optional[Callable[[TaskResult], None]] = None) -> Result:
         """``task`` under ``config`` (None: unquantized) with ``run``'s adapter, or with every adapter off.
 
         Cached by the evaluator (memory and disk); a cancelled run raises ``EvaluationCancelled``, also while it
-        waits for the model. ``on_wait(ahead)`` is called while other jobs hold or wait for the model before it."""
+        waits for the model. ``on_wait(ahead)`` is called while other jobs hold or wait for the model before it;
+        ``on_items(result so far)`` as items complete (multiple choice), so a view can draw a running accuracy."""
         self._wait_for_model(should_stop, on_wait)
         try:
             adapter = self.adapter(run) if run is not None else None
             return self.evaluator.run(task, config, limit=limit, progress=progress, should_stop=should_stop,
-                                      adapter=adapter)
+                                      adapter=adapter, on_items=on_items)
         finally:
             self.lock.release()
 

@@ -24,7 +24,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import torch
 
@@ -113,6 +113,7 @@ class Evaluator:
         progress: Optional[ProgressFn] = None,
         should_stop: Optional[StopFn] = None,
         adapter=None,
+        on_items: Optional[Callable[[TaskResult], None]] = None,
     ) -> Result:
         """The result of ``task`` (``"ppl"``, an embedded or harness task, or a JSONL path) under ``config``.
 
@@ -120,7 +121,8 @@ class Evaluator:
         (``"ppl"``). ``adapter``: a trained CoALoRAModel on this workbench's model, evaluated under ``config`` (its
         fingerprint is the default ``adapter_key``); None evaluates the bare base with every LoRA wrapper off. An
         ``adapter_key`` without its ``adapter`` only looks the result up. A cached result returns at once; a
-        cancelled run raises ``EvaluationCancelled`` and caches nothing.
+        cancelled run raises ``EvaluationCancelled`` and caches nothing. ``on_items`` (multiple choice only) gets the
+        result over the items scored so far as they complete (:func:`evaluate_task`); a cached result calls it once.
         """
         if adapter is not None:
             if adapter.model is not self.workbench.model:
@@ -130,6 +132,8 @@ class Evaluator:
             adapter_key = adapter_key or adapter.fingerprint()
         found = self.cached(task, config, adapter_key, limit)
         if found is not None:
+            if on_items is not None and isinstance(found, TaskResult):
+                on_items(found)
             return found
         if adapter is None and adapter_key is not None:
             raise ValueError(f"No cached result for adapter {adapter_key}; pass the adapter itself to evaluate it.")
@@ -145,7 +149,7 @@ class Evaluator:
                                    should_stop)
             else:
                 result = evaluate_task(wb.model, wb.tokenizer, self.task(task, limit), self.options.scoring,
-                                       progress, should_stop)
+                                       progress, should_stop, on_items)
         key = self.key(task, config, adapter_key, limit)
         self._memory[key] = result
         if self.cache_dir is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from coa_lora.evaluation.loglik import ScoringOptions, StopFn, continuation_logprobs, encode_pair, max_length
 from coa_lora.evaluation.tasks import MCItem, Task
@@ -133,23 +133,53 @@ def evaluate_task(
     options: ScoringOptions = ScoringOptions(),
     progress: Optional[ProgressFn] = None,
     should_stop: Optional[StopFn] = None,
+    on_items: Optional[Callable[[TaskResult], None]] = None,
+    chunk_items: int = 8,
 ) -> TaskResult:
     """Score every item of ``task`` on ``model`` as it is now (full precision, quantized, with or without adapter).
 
     Args:
         progress: ``(choices scored, total choices, task name)`` after each batch.
         should_stop: checked between batches; True raises :class:`~coa_lora.evaluation.loglik.EvaluationCancelled`.
+        on_items: given, the items are scored ``chunk_items`` at a time in the task's order, and ``on_items`` gets the
+            result over the items scored so far after each chunk (a running accuracy over a prefix of the task, not
+            over whichever items happen to batch first). The final result is the same items with the same scores.
     """
     encoded = encode_task(tokenizer, task, max_length(model, tokenizer))
-    flat = [pair for pairs in encoded for pair in pairs]
+    total = sum(len(pairs) for pairs in encoded)
+    chunk = len(encoded) if on_items is None else max(1, chunk_items)
+    results: list[ItemResult] = []
+    for first in range(0, len(encoded), chunk):
+        part = encoded[first:first + chunk]
+        flat = [pair for pairs in part for pair in pairs]
+        offset = sum(len(pairs) for pairs in encoded[:first])
 
-    def relay(done: int, total: int, _message: str) -> None:
-        if progress is not None:
-            progress(done, total, task.name)
+        def relay(done: int, _total: int, _message: str, offset: int = offset) -> None:
+            if progress is not None:
+                progress(offset + done, total, task.name)
 
-    scores = continuation_logprobs(model, flat, options, relay, should_stop)
-    results, start = [], 0
-    for item, pairs in zip(task.items, encoded):
-        results.append(item_result(item, scores[start:start + len(pairs)]))
-        start += len(pairs)
+        scores = continuation_logprobs(model, flat, options, relay, should_stop)
+        start = 0
+        for item, pairs in zip(task.items[first:first + chunk], part):
+            results.append(item_result(item, scores[start:start + len(pairs)]))
+            start += len(pairs)
+        if on_items is not None:
+            on_items(summarize(task.name, results))
     return summarize(task.name, results)
+
+
+def paired_difference(a: TaskResult, b: TaskResult) -> tuple[float, float, float]:
+    """How well two results on the same items separate: ``(difference, stderr, items needed)``.
+
+    ``difference`` is acc(b) - acc(a); its standard error is paired by item (the per-item differences' sample sd over
+    √n, the same items answered by both); ``items needed`` is how many items would put the observed difference at two
+    standard errors at this per-item spread (inf when the difference is 0 or the spread unknown).
+    """
+    if a.n != b.n or any(x.context != y.context for x, y in zip(a.items, b.items)):
+        raise ValueError(f"The two results cover different items ({a.n} vs {b.n}); evaluate both with one limit.")
+    diffs = [float(y.correct) - float(x.correct) for x, y in zip(a.items, b.items)]
+    difference, stderr = b.acc - a.acc, mean_stderr(diffs)
+    if difference == 0 or math.isnan(stderr):
+        return difference, stderr, math.inf
+    sd = stderr * math.sqrt(a.n)
+    return difference, stderr, float(max(2, math.ceil((2 * sd / abs(difference)) ** 2)))

@@ -7,7 +7,8 @@ import torch
 
 from coa_lora.evaluation.loglik import (EvaluationCancelled, ScoringOptions, continuation_logprobs, encode_pair,
                                         max_length, prefix_token_id)
-from coa_lora.evaluation.scoring import argmax, evaluate_task, item_result, mean_stderr, summarize
+from coa_lora.evaluation.scoring import (argmax, evaluate_task, item_result, mean_stderr, paired_difference,
+                                        summarize)
 from coa_lora.evaluation.tasks import MCItem, Task
 from coa_lora.models.loading import load_model, load_tokenizer
 
@@ -143,6 +144,36 @@ def test_progress_reaches_the_total_and_cancellation_stops(model, tok):
     with pytest.raises(EvaluationCancelled):
         evaluate_task(model, tok, TASK, ScoringOptions(batch_tokens=8, row_tokens=8), should_stop=stop_after_two)
     assert len(asked) == 3
+
+
+def test_streamed_items_arrive_in_task_order_and_end_at_the_whole_result(model, tok):
+    whole = evaluate_task(model, tok, TASK)
+    seen, calls = [], []
+    streamed = evaluate_task(model, tok, TASK, on_items=seen.append, chunk_items=4,
+                             progress=lambda done, total, msg: calls.append((done, total)))
+    assert [r.n for r in seen] == [4, 6]  # a prefix of the task after each chunk of four items
+    assert seen[0].items == streamed.items[:4] and seen[-1] == streamed
+    assert seen[0].acc == sum(r.correct for r in whole.items[:4]) / 4
+    for a, b in zip(whole.items, streamed.items):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4) and a.pred == b.pred
+    n_choices = sum(len(i.choices) for i in TASK.items)
+    assert calls[-1] == (n_choices, n_choices) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_paired_difference_counts_items_answered_differently():
+    def result(correct):
+        return summarize("t", [item_result(MCItem(f"q{i}", ("a", "b"), 0 if c else 1), [-1.0, -2.0])
+                               for i, c in enumerate(correct)])
+
+    a, b = result([1, 0, 0, 1, 0, 1, 0, 0]), result([1, 1, 0, 1, 1, 1, 0, 1])
+    difference, stderr, needed = paired_difference(a, b)
+    assert difference == pytest.approx(3 / 8)
+    # per-item differences (0, 1, 0, 0, 1, 0, 0, 1): sd = sqrt(15/56), stderr = sd / sqrt(8)
+    assert stderr == pytest.approx(math.sqrt(15 / 56 / 8))
+    assert needed == math.ceil((2 * math.sqrt(15 / 56) / (3 / 8)) ** 2) == 8
+    assert paired_difference(a, a)[2] == math.inf
+    with pytest.raises(ValueError, match="different items"):
+        paired_difference(a, result([1, 0]))
 
 
 def test_limit_takes_the_first_items():
