@@ -51,7 +51,7 @@ def prepare() -> None:
 def app() -> None:
     # Headless: no browser is opened here; Streamlit prints the local URL (open it, or forward the port over SSH).
     os.execv(PY, [str(PY), "-m", "streamlit", "run", str(ROOT / "app" / "main.py"), "--server.headless", "true",
-                  "--browser.gatherUsageStats", "false", *sys.argv[2:]])
+                  "--browser.gatherUsageStats", "false", "--runner.postScriptGC", "false", *sys.argv[2:]])
 
 
 def lab() -> None:

@@ -3,13 +3,15 @@ open, and the user's selection. Views call only this module and the public coa_l
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import streamlit as st
 
 from coa_lora import Explorer, read_run_info
-from coa_lora.search import RunView, find_runs
+from coa_lora.models import model_id
+from coa_lora.search import RunView, find_runs, open_run
 
 ROOT = Path(__file__).resolve().parent.parent
 # The shipped reference runs (see README: how they were made); the tests point this at their own runs.
@@ -21,11 +23,32 @@ MODEL = os.environ.get("COA_LORA_MODEL", "smollm2")  # `tiny` in the tests
 EVAL_CACHE = os.environ.get("COA_LORA_EVAL_CACHE")
 
 
-@st.cache_resource(show_spinner="Loading the model and its allocation grid …")
+@st.cache_resource(show_spinner=False)
+def _loading(model: str = MODEL) -> Future:
+    """The model loads in a background thread from the first page view on, so pages that need no model (Search,
+    Compare, About) draw at once; the thread never calls Streamlit."""
+    def load() -> Explorer:
+        ex = Explorer.load(model, eval_cache_dir=Path(EVAL_CACHE) if EVAL_CACHE else None)
+        ex.allocator()  # damage table and grid from disk (prepared by `python -m coa_lora prepare`)
+        ex.wb.weight_hash  # the runs' model check needs it; hashed once here rather than on a page's first use
+        return ex
+
+    return ThreadPoolExecutor(1, thread_name_prefix="coa-lora model").submit(load)
+
+
 def explorer(model: str = MODEL) -> Explorer:
-    ex = Explorer.load(model, eval_cache_dir=Path(EVAL_CACHE) if EVAL_CACHE else None)
-    ex.allocator()  # damage table and grid from disk (prepared by `python -m coa_lora prepare`)
-    return ex
+    """The explorer, waiting (with a spinner that says what is loading) until its model is ready."""
+    loading = _loading(model)
+    if not loading.done():
+        with st.spinner(f"Loading {model_id(model)}, its weights' hash and the allocation grid (once per server) …"):
+            return loading.result()
+    return loading.result()
+
+
+def model_ready(model: str = MODEL) -> bool:
+    """Whether the model has loaded (starting its load if nothing has asked for it yet)."""
+    loading = _loading(model)
+    return loading.done() and loading.exception() is None
 
 
 @st.cache_resource
@@ -46,25 +69,34 @@ def _views() -> dict:
 def run_view(folder: str | Path) -> RunView:
     """The run at ``folder`` (re-read when any of its files changed); ValueError with one sentence otherwise."""
     folder = Path(folder).expanduser()
-    key = str(folder.resolve()) if folder.exists() else str(folder)
+    ready = model_ready()
+    key = (str(folder.resolve()) if folder.exists() else str(folder), ready)
     cache = _views()
     stamp = _stamp(folder) if folder.is_dir() else ()
     hit = cache.get(key)
     if hit is None or hit[0] != stamp:
-        hit = (stamp, explorer().open_run(folder))
+        # Until the model has loaded, a run is checked by its model's name; then by the weights' hash.
+        view = explorer().open_run(folder) if ready else open_run(folder)
+        if not ready and view.info.model_id != model_id(MODEL):
+            raise ValueError(f"{folder} was trained on {view.info.model_id}, not on the loaded model "
+                             f"{model_id(MODEL)}; open it with that model.")
+        hit = (stamp, view)
         cache[key] = hit
     return hit[1]
 
 
 def known_runs() -> list[Path]:
-    """The shipped reference runs, then the runs in ./runs: those of the loaded model."""
-    mine = explorer().wb.weight_hash
-    return [p for p in find_runs(REFERENCE_DIR) + find_runs(RUNS_DIR) if _weight_hash(p) == mine]
+    """The shipped reference runs, then the runs in ./runs: those of the loaded model (by name while it loads)."""
+    if model_ready():
+        mine = explorer().wb.weight_hash
+        return [p for p in find_runs(REFERENCE_DIR) + find_runs(RUNS_DIR) if _info(p, "weight_hash") == mine]
+    name = model_id(MODEL)
+    return [p for p in find_runs(REFERENCE_DIR) + find_runs(RUNS_DIR) if _info(p, "model_id") == name]
 
 
-def _weight_hash(folder: Path) -> Optional[str]:
+def _info(folder: Path, field: str) -> Optional[str]:
     try:
-        return read_run_info(folder).weight_hash
+        return getattr(read_run_info(folder), field)
     except ValueError:
         return None
 
@@ -76,9 +108,13 @@ def _label(path: Path) -> str:
 
 def sidebar() -> None:
     """Model facts, the run to show and the run to compare with; sets ``run`` / ``compare`` in session state."""
-    ex = explorer()
-    st.sidebar.markdown(f"**Model** `{ex.layout.model_id}`  \n{len(ex.layout)} target matrices, "
-                        f"{ex.layout.full_size_bytes / 2**20:.0f} MiB unquantized")
+    if model_ready():
+        ex = explorer()
+        st.sidebar.markdown(f"**Model** `{ex.layout.model_id}`  \n{len(ex.layout)} target matrices, "
+                            f"{ex.layout.full_size_bytes / 2**20:.0f} MiB unquantized")
+    else:
+        st.sidebar.markdown(f"**Model** `{model_id(MODEL)}`  \nloading in the background; pages that need it "
+                            f"wait for it")
     runs = known_runs()
     paths = [str(p) for p in runs]
     labels = {str(p): _label(p) for p in runs}
@@ -137,6 +173,19 @@ def configuration():
     return st.session_state["config"], st.session_state["config_label"]
 
 
+def budget_bounds(ex: Explorer) -> tuple[float, float]:
+    """The budget sliders' ends: the model's feasible range on the slider's grid of BUDGET_STEP."""
+    lo, hi = ex.budget_range
+    return round(-(-lo // BUDGET_STEP) * BUDGET_STEP, 2), round(hi - 1e-9 - (hi % BUDGET_STEP), 2)
+
+
+def set_budget(ex: Explorer, budget: float) -> None:
+    """Make the allocator's configuration at ``budget`` the selection every page uses."""
+    config = ex.allocate(budget).config
+    st.session_state["config"] = config
+    st.session_state["config_label"] = f"{config.avg_bits:.3f} bits (allocator at {budget:.2f} bits)"
+
+
 def model_columns() -> dict:
     """The models a view puts side by side, by label: (under the configuration?, run folder or None). The
     unquantized reference, the quantized base, the run's adapter, and Shared-LoRA when another run is chosen."""
@@ -191,9 +240,7 @@ def apply_link() -> None:
             budget = float("nan")
         if lo <= budget <= hi:
             st.session_state["budget"] = round(round(budget / BUDGET_STEP) * BUDGET_STEP, 2)
-            config = ex.allocate(budget).config
-            st.session_state["config"] = config
-            st.session_state["config_label"] = f"{config.avg_bits:.3f} bits (allocator at {budget:.2f} bits)"
+            set_budget(ex, budget)
         else:
             problems.append(f"budget {q['budget']!r} is not a number of bits in [{lo:.3f}, {hi:.3f}]")
     if "source" in q:

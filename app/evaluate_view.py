@@ -9,6 +9,7 @@ from coa_lora import plots
 from coa_lora.evaluation import embedded_tasks
 
 PPL = "ppl"
+DEFAULT_LIMIT = 24  # items per task: measured to finish in under 30 s for two uncached columns on 2 CPU cores
 
 
 def render() -> None:
@@ -22,7 +23,9 @@ def render() -> None:
                                 "held-out plays.")
     c1, c2 = st.columns(2)
     limit = c1.number_input("Items per task (ppl: windows of 1024 tokens per held-out play)", min_value=1,
-                            max_value=2000, value=40, key="limit")
+                            max_value=2000, value=DEFAULT_LIMIT, key="limit",
+                            help=f"{DEFAULT_LIMIT} items of a task take about half a minute per column on 2 CPU "
+                                 "cores; accuracies update as items complete, so you can stop when the bars separate.")
     chosen = c2.multiselect("Compare", list(columns), default=list(columns), key="columns")
     job: Job | None = st.session_state.get("eval_job")
     running = job is not None and not job.snapshot()["finished"]
@@ -39,7 +42,11 @@ def render() -> None:
 
 
 def _evaluate(ex, config, plan, limit: int, job: Job) -> dict:
-    results: dict = {}
+    results: dict = {col: {} for col, _, _ in plan}
+    # Columns already cached (the reference, Shared-LoRA, an earlier run) come first: they are drawn at once.
+    cached = {(col, task): ex.cached(task, config if quantized else None, run, limit) is not None
+              for col, (quantized, run), task in plan}
+    plan = sorted(plan, key=lambda step: not cached[step[0], step[2]])
     for i, (col, (quantized, run), task) in enumerate(plan):
         def progress(done, total, message="", i=i, col=col, task=task):
             job.progress(i * 1000 + int(1000 * done / max(total, 1)), len(plan) * 1000,
@@ -47,8 +54,12 @@ def _evaluate(ex, config, plan, limit: int, job: Job) -> dict:
         def waiting(ahead, i=i, col=col, task=task):
             job.progress(i * 1000, len(plan) * 1000,
                          f"{task} · {col}: waiting for the model, {ahead} job(s) of other sessions ahead")
+        def running(partial, col=col, task=task):
+            results[col][task] = partial
+            job.publish({c: dict(by_task) for c, by_task in results.items()})
         cfg = config if quantized else None
-        results.setdefault(col, {})[task] = ex.evaluate(task, cfg, run, limit, progress, job.stop.is_set, waiting)
+        results[col][task] = ex.evaluate(task, cfg, run, limit, progress, job.stop.is_set, waiting, running)
+        job.publish({c: dict(by_task) for c, by_task in results.items()})
     job.progress(len(plan) * 1000, len(plan) * 1000, "done")
     return results
 
@@ -60,6 +71,8 @@ def _progress(polling: bool) -> None:
         st.progress(job.fraction, text=f"{snap['message']} · {snap['seconds']:.0f} s")
         if st.button("Cancel", key="cancel_eval"):
             job.cancel()
+        if snap["partial"]:
+            _running(snap["partial"])
         return
     if polling:
         st.rerun()  # the whole page once: this fragment comes back without run_every
@@ -69,6 +82,35 @@ def _progress(polling: bool) -> None:
     _show(snap["result"])
 
 
+def _running(partial: dict) -> None:
+    """Accuracies over the items scored so far, redrawn each poll, with how far apart the columns are yet."""
+    frame = plots.results_frame(partial)
+    if not (frame["metric"] == "acc").any():
+        return
+    counts = ", ".join(f"{col} {int(n)}" for col, n in frame[frame["metric"] == "acc"].groupby("column", sort=False)
+                       ["n"].max().items())
+    st.caption(f"Running accuracy over the items scored so far ({counts}); the bars move until every item is in.")
+    st.plotly_chart(plots.results_bars(frame, "acc"), key="bars_running")
+    _separation(partial)
+
+
+def _separation(results: dict) -> None:
+    """How many items a difference between columns needs, at the current standard errors."""
+    baseline = next(iter(results))
+    table = plots.differences_frame(results, baseline)
+    if table.empty:
+        return
+    lines = []
+    for row in table.itertuples():
+        verdict = ("separated (beyond 2 standard errors)" if row.separated else
+                   "not separated" + (f": about {row.items_needed:.0f} items would separate a difference this size"
+                                      if row.items_needed != float("inf") else ": no difference yet"))
+        lines.append(f"- **{row.column}** − {baseline} on {row.task}: {row.difference:+.1f} ± {row.stderr:.1f} "
+                     f"points over {row.n} items, {verdict}.")
+    st.markdown("\n".join(lines), help="Paired by item: both columns answer the same items, so the standard error "
+                "is that of the per-item differences. A difference is meaningful at about two standard errors.")
+
+
 def _show(results: dict) -> None:
     frame = plots.results_frame(results)
     metrics = [m for m in ("acc", "acc_norm", "perplexity") if (frame["metric"] == m).any()]
@@ -76,6 +118,7 @@ def _show(results: dict) -> None:
     tabs = st.tabs(metrics + ["table", "flipped items"])
     for tab, metric in zip(tabs, metrics):
         tab.plotly_chart(plots.results_bars(frame, metric), key=f"bars_{metric}")
+    _separation(results)
     tabs[len(metrics)].dataframe(frame, hide_index=True)
     with tabs[len(metrics) + 1]:
         mc = [t for t in frame.loc[frame["metric"] == "acc", "task"].unique()]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 import streamlit as st
-from common import configuration, explorer, model_columns
+from common import BUDGET_STEP, budget_bounds, configuration, explorer, model_columns, set_budget
 from jobs import Job, start_thread
 
 from coa_lora.evaluation import GenerateOptions, first_divergence, prompt_ids
@@ -23,7 +23,9 @@ def render() -> None:
     st.header("Generate: read the damage")
     ex = explorer()
     config, label = configuration()
-    st.markdown(f"**Configuration:** {label} — change it on the Instantiate page.")
+    _budget_slider(ex, config)
+    config, label = configuration()
+    st.markdown(f"**Configuration:** {label} — the Instantiate page offers the run's searched set too.")
     example = st.selectbox("Example prompt", list(EXAMPLES), key="gen_example")
     prompt = st.text_area("Prompt", EXAMPLES[example][0], key=f"gen_prompt_{example}", height=80)
     c1, c2, c3, c4 = st.columns(4)
@@ -48,6 +50,23 @@ def render() -> None:
         running = True
     if job is not None:
         st.fragment(_panel, run_every=0.5 if running else None)(list(columns), running)
+
+
+def _budget_slider(ex, config) -> None:
+    """The allocator's budget, shared with every page: drag it and press Generate to read the trade-off."""
+    first, last = budget_bounds(ex)
+    if st.session_state.get("gen_budget_for") != config.key():  # the selection changed elsewhere: follow it
+        st.session_state["gen_budget"] = min(max(round(round(config.avg_bits / BUDGET_STEP) * BUDGET_STEP, 2), first),
+                                             last)
+        st.session_state["gen_budget_for"] = config.key()
+
+    def moved() -> None:
+        set_budget(ex, st.session_state["gen_budget"])
+        st.session_state["budget"] = st.session_state["gen_budget"]
+        st.session_state["gen_budget_for"] = st.session_state["config"].key()
+
+    st.slider("Bit budget (the allocator's configuration; average bits per weight)", min_value=first, max_value=last,
+              step=BUDGET_STEP, key="gen_budget", on_change=moved)
 
 
 def _generate(ex, config, ids, options, columns: dict, job: Job) -> dict:

@@ -4,12 +4,11 @@ from __future__ import annotations
 import time
 
 import streamlit as st
-from common import current_run, explorer
+from common import BUDGET_STEP, budget_bounds, current_run, explorer
 
 from coa_lora import ModelConfig, plots
 
 SOURCES = {"allocator": "Allocator (exact MILP)", "searched": "Run's searched set", "picked": "Picked point"}
-STEP = 0.05
 
 
 def render() -> None:
@@ -33,13 +32,12 @@ def _sources(view) -> list[str]:
 def _panel() -> None:
     ex = explorer()
     view = current_run()
-    lo, hi = ex.budget_range
-    first = round(-(-lo // STEP) * STEP, 2)
+    first, last = budget_bounds(ex)
     st.session_state.setdefault("budget", 3.0)
     source = st.radio("Configuration from", _sources(view), key="source", horizontal=True,
                       format_func=SOURCES.get)
     budget = st.slider("Bit budget (average bits per weight over the target matrices)", min_value=first,
-                       max_value=round(hi - 1e-9 - (hi % STEP), 2), step=STEP, key="budget",
+                       max_value=last, step=BUDGET_STEP, key="budget",
                        disabled=source == "picked")
     t0 = time.perf_counter()
     try:
@@ -48,7 +46,6 @@ def _panel() -> None:
         st.warning(str(exc))
         return
     seconds_config = time.perf_counter() - t0
-    inst = ex.instantiate(config, timeout=1.0)
     st.session_state["config"] = config
     st.session_state["config_label"] = f"{config.avg_bits:.3f} bits ({origin})"
 
@@ -65,20 +62,22 @@ def _panel() -> None:
                         f"size ({_option_name(u_opt)}, {u_opt.bits_per_weight:.3f} bits)")
     cols[3].metric("Configuration in", f"{seconds_config * 1000:.0f} ms", help="Allocation (grid or live MILP) "
                    "or look-up in the run's searched set")
-    queued = f"queued ({max(ex.queue_length, 1)} ahead)"
-    cols[4].metric("Instantiated in", queued if inst is None else f"{inst.seconds * 1000:.0f} ms",
-                   help="Swapping the quantized weights into the model (cold: quantizing each changed matrix; warm: "
-                        "from the weight cache). The explorer has one model for every session, used by one job at a "
-                        "time in arrival order: 'queued' means other sessions' evaluations or instantiations hold or "
-                        "wait for it; an evaluation applies this configuration itself when its turn comes.")
     st.caption(f"Source: {origin}. Uniform configuration of nearest size: {_option_name(u_opt)} "
                f"({u_opt.bits_per_weight:.3f} bits, {uniform.size_bytes / mib:.1f} MiB). Run-time weights of the "
                f"deployed configuration: {config.size_bytes / mib:.1f} MiB kept packed "
                f"(`load_packed(folder, weights='packed')`: the packed bytes plus what stays unquantized, as on disk) "
                f"against {full / mib:.0f} MiB when dequantized to float; activations come on top of either.")
     left, right = st.columns(2)
+    # The heat maps need only the configuration: they are drawn before the weights are swapped.
     left.plotly_chart(plots.bits_heatmap(config), key="heat")
     right.plotly_chart(plots.bits_difference_heatmap(config, uniform, _option_name(u_opt)), key="diff")
+    inst = ex.instantiate(config, timeout=1.0)
+    queued = f"queued ({max(ex.queue_length, 1)} ahead)"
+    cols[4].metric("Instantiated in", queued if inst is None else f"{inst.seconds * 1000:.0f} ms",
+                   help="Swapping the quantized weights into the model (cold: quantizing each changed matrix; warm: "
+                        "from the weight cache). The explorer has one model for every session, used by one job at a "
+                        "time in arrival order: 'queued' means other sessions' evaluations or instantiations hold or "
+                        "wait for it; an evaluation applies this configuration itself when its turn comes.")
 
 
 def _option_name(o) -> str:

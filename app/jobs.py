@@ -30,6 +30,8 @@ class Job:
     total: int = 0
     message: str = ""
     result: Any = None
+    partial: Any = None  # what the work has so far (e.g. running accuracies), for the view to draw while it runs
+    updates: int = 0  # how many times ``partial`` was published
     error: Optional[str] = None
     cancelled: bool = False
     finished: bool = False
@@ -41,10 +43,15 @@ class Job:
         with self.lock:
             self.done, self.total, self.message = done, total, message
 
+    def publish(self, partial: Any) -> None:
+        with self.lock:
+            self.partial = partial
+            self.updates += 1
+
     def snapshot(self) -> dict:
         with self.lock:
             return {"title": self.title, "done": self.done, "total": self.total, "message": self.message,
-                    "result": self.result, "error": self.error, "cancelled": self.cancelled,
+                    "result": self.result, "partial": self.partial, "updates": self.updates, "error": self.error, "cancelled": self.cancelled,
                     "finished": self.finished, "seconds": time.time() - self.started}
 
     @property

@@ -3,13 +3,13 @@ each view lives in its own module."""
 from __future__ import annotations
 
 import streamlit as st
-from common import apply_link, explorer, link_page, sidebar, view_link
+from common import apply_link, link_page, model_ready, sidebar, view_link
 
 st.set_page_config(page_title="coa-lora explorer", page_icon=":material/memory:", layout="wide")
 st.title("coa-lora explorer")
 st.caption("One adapter for every bit budget: configuration-aware LoRA (CoA-LoRA) for mixed-precision quantized LLMs.")
 
-explorer()
+model_ready()  # starts the model's load in the background; the Search, Compare and About pages do not wait for it
 apply_link()
 sidebar()
 start = link_page()  # a link may open on any page (?page=generate)

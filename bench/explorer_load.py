@@ -9,6 +9,10 @@ slider on Instantiate to its own budget, opens Evaluate through the page menu (s
 and all press "Run evaluation" within a few milliseconds. Printed per phase: each session's seconds from the click to
 "Done:", their ratio to the one-session time, the server's CPU seconds while the finished tabs then sit idle for
 ``--idle`` seconds (as % of one core), and the server's peak RSS. Last line: one JSON object.
+
+``--gc both`` (the default) runs every phase twice, with Streamlit's ``runner.postScriptGC`` on (its default: a full
+``gc.collect(2)`` after every script and fragment run, which holds the GIL for ~0.3-0.7 s with torch loaded) and off
+(the explorer's setting, .streamlit/config.toml), so the ratio between them is measured on the same machine at once.
 """
 from __future__ import annotations
 
@@ -39,12 +43,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(cache: str) -> tuple[subprocess.Popen, str]:
+def start_server(cache: str, gc: bool) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "COA_LORA_EVAL_CACHE": cache, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app" / "main.py"),
                              "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                             "--browser.gatherUsageStats", "false", "--runner.postScriptGC", str(gc).lower()],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -102,11 +107,11 @@ async def session(browser, url: str, budget_steps: int, items: int, ready: list,
     return time.perf_counter() - t0
 
 
-async def phase(n: int, items: int, idle: float) -> dict:
+async def phase(n: int, items: int, idle: float, gc: bool) -> dict:
     from playwright.async_api import async_playwright
 
     with tempfile.TemporaryDirectory() as cache:
-        proc, url = start_server(cache)
+        proc, url = start_server(cache, gc)
         peak = Peak(proc.pid)
         peak.start()
         try:
@@ -129,7 +134,7 @@ async def phase(n: int, items: int, idle: float) -> dict:
             peak.running = False
             proc.terminate()
             proc.wait(timeout=30)
-    return {"sessions": n, "seconds": [round(s, 2) for s in seconds], "idle_cpu_percent": 100 * idle_cpu / idle,
+    return {"sessions": n, "post_script_gc": gc, "seconds": [round(s, 2) for s in seconds], "idle_cpu_percent": 100 * idle_cpu / idle,
             "peak_rss_mib": peak.peak / 2**20}
 
 
@@ -138,18 +143,33 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--items", type=int, default=10)
     parser.add_argument("--idle", type=float, default=30.0)
+    parser.add_argument("--gc", choices=["off", "on", "both"], default="both",
+                        help="Streamlit's runner.postScriptGC for the server (both: each phase with it on, then off)")
     args = parser.parse_args()
     out = {"model": os.environ.get("COA_LORA_MODEL", "smollm2"), "items": args.items, "phases": []}
-    for n in args.sessions:
-        result = asyncio.run(phase(n, args.items, args.idle))
-        out["phases"].append(result)
-        print(f"{n} session(s): {result['seconds']} s; idle server {result['idle_cpu_percent']:.1f} % of a core over "
-              f"{args.idle:.0f} s; peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
-    single = next((p for p in out["phases"] if p["sessions"] == 1), None)
-    if single is not None:
-        for p in out["phases"]:
-            p["ratio_to_single"] = round(max(p["seconds"]) / single["seconds"][0], 2)
-            print(f"{p['sessions']} session(s): slowest {p['ratio_to_single']:.2f} x one session alone")
+    settings = {"off": [False], "on": [True], "both": [True, False]}[args.gc]
+    for gc in settings:
+        for n in args.sessions:
+            result = asyncio.run(phase(n, args.items, args.idle, gc))
+            out["phases"].append(result)
+            print(f"postScriptGC {'on ' if gc else 'off'}: {n} session(s): {result['seconds']} s; idle server "
+                  f"{result['idle_cpu_percent']:.1f} % of a core over {args.idle:.0f} s; peak RSS "
+                  f"{result['peak_rss_mib']:.0f} MiB", flush=True)
+    for gc in settings:
+        phases = [p for p in out["phases"] if p["post_script_gc"] == gc]
+        single = next((p for p in phases if p["sessions"] == 1), None)
+        if single is not None:
+            for p in phases:
+                p["ratio_to_single"] = round(max(p["seconds"]) / single["seconds"][0], 2)
+                print(f"postScriptGC {'on ' if gc else 'off'}: {p['sessions']} session(s): slowest "
+                      f"{p['ratio_to_single']:.2f} x one session alone")
+    if len(settings) == 2:
+        out["gc_on_over_off"] = {str(n): round(max(a["seconds"]) / max(b["seconds"]), 2) for n in args.sessions
+                                 for a in out["phases"] for b in out["phases"]
+                                 if a["sessions"] == b["sessions"] == n and a["post_script_gc"] and
+                                 not b["post_script_gc"]}
+        print("slowest session, postScriptGC on / off: " + ", ".join(f"{n} session(s) {r:.2f} x"
+                                                                    for n, r in out["gc_on_over_off"].items()))
     print(json.dumps(out))
 
 

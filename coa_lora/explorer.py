@@ -196,8 +196,8 @@ class Explorer:
         try:
             adapter = self.adapter(run) if run is not None else None
             tokens: list[int] = []
-            t0 = time.perf_counter()
             with model_as(self.wb, config, adapter):
+                t0 = time.perf_counter()  # tokens/s of the generation itself, not of swapping the weights in
                 for token in generate(self.wb.model, ids, options, self.wb.tokenizer.eos_token_id, should_stop):
                     tokens.append(token)
                     if on_token is not None:
@@ -230,7 +230,10 @@ class Explorer:
 
     def cached(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
                limit: Optional[int] = None) -> Optional[Result]:
-        """The stored result, or None; never evaluates (it may load the run's adapter to know its key)."""
+        """The stored result, or None; never evaluates (it may load the run's adapter to know its key, for which it
+        waits for the model; without a run it answers at once, even while another job holds the model)."""
+        if run is None:
+            return self.evaluator.cached(task, config, None, limit)
         with self.lock:
-            key = self.adapter(run).fingerprint() if run is not None else None
+            key = self.adapter(run).fingerprint()
             return self.evaluator.cached(task, config, key, limit)

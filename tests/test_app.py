@@ -21,6 +21,7 @@ def tiny_app(tmp_path_factory):
     mp.setenv("COA_LORA_REFERENCE", str(TINY_RUN.parent))
     mp.setenv("COA_LORA_RUNS", str(tmp_path_factory.mktemp("runs")))
     mp.setenv("COA_LORA_COMPARE", str(TINY_COMPARE))
+    mp.setenv("COA_LORA_EVAL_CACHE", str(tmp_path_factory.mktemp("evals")))  # every evaluation here computes
     yield
     mp.undo()
 
@@ -93,17 +94,24 @@ def test_evaluation_on_the_tiny_model_completes_and_shows_numbers():
     at.switch_page("evaluate_view.py").run()
     assert not at.exception
     at.multiselect(key="tasks").set_value(["date_understanding"])
-    at.number_input(key="limit").set_value(3)
+    at.number_input(key="limit").set_value(20)
     at.button(key="run_eval").click().run()
     job = wait_for_job(at)
     snap = job.snapshot()
     assert snap["error"] is None, snap["error"]
+    # Streamed: each column published its running result after every 8 items (8, 16, 20), then its final one.
+    assert snap["updates"] >= 3 * 4, snap["updates"]
     results = snap["result"]
     assert len(results) == 3  # reference, quantized base, the run's adapter (no Shared-LoRA run among the tests' runs)
     accs = [r["date_understanding"].acc for r in results.values()]
     assert all(0.0 <= a <= 1.0 for a in accs)
     bars = [f for f in figures(at) if "accuracy" in f["layout"]["title"]["text"]]
     assert bars and len(bars[0]["data"]) == len(results)
+    # What the page drew while it ran ends at the final results; each column is set against the first, paired.
+    assert {c: r["date_understanding"] for c, r in snap["partial"].items()} == {
+        c: r["date_understanding"] for c, r in results.items()}
+    text = " ".join(str(m.value) for m in at.markdown)
+    assert text.count("points over 20 items") == 2, text
     assert not at.exception
 
 
@@ -111,6 +119,9 @@ def test_generate_streams_every_column_and_says_where_each_leaves_the_reference(
     at = app()
     at.switch_page("generate_view.py").run()
     assert not at.exception
+    at.slider(key="gen_budget").set_value(2.5).run()  # the shared selection: every page now uses 2.5 bits
+    assert "allocator at 2.50 bits" in " ".join(str(m.value) for m in at.markdown)
+    assert at.session_state["config"].avg_bits <= 2.5
     at.number_input(key="gen_max").set_value(6)
     at.button(key="gen_run").click().run()
     job = wait_for_job(at, key="gen_job")
@@ -157,6 +168,8 @@ def test_bad_run_folders_get_one_clear_message(tmp_path, kind, expected):
         else:
             (folder / "search_pool.jsonl").write_text("{not json\n")
     at = app()
+    if kind == "other_model":  # a run's weights are checked once the model has loaded (before: its model's name)
+        at.switch_page("instantiate_view.py").run()
     at.sidebar.text_input(key="run_folder").input(str(folder)).run()
     assert not at.exception
     assert expected in messages(at), messages(at)

@@ -112,4 +112,27 @@ def test_the_app_in_chromium_shows_charts_moves_the_budget_slider_and_has_no_err
         assert len(frames) - before <= 1, f"{len(frames) - before} messages in 6 s from a finished evaluation"
         assert page.locator(ERRORS).count() == 0
         page.screenshot(path=str(SHOTS / "5_evaluate.png"), full_page=True)
+
+        # A shared link opens Generate in a new session at the budget the slider reached above (its weights are
+        # quantized already); four new tokens in every column.
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.goto(f"{server}/?page=generate&budget=3.5", timeout=120_000)
+        page.wait_for_selector("text=allocator at 3.50 bits", timeout=180_000)
+        tokens = page.locator('[data-testid="stNumberInput"] input').first
+        tokens.fill("4")
+        tokens.press("Enter")
+        page.wait_for_timeout(1000)
+        page.get_by_role("button", name="Generate").click()
+        page.wait_for_function("() => (document.body.innerText.match(/tokens\\/s/g) || []).length >= 3",
+                               timeout=300_000)
+        page.wait_for_timeout(1500)
+        assert page.locator(ERRORS).count() == 0
+        page.screenshot(path=str(SHOTS / "6_generate_link.png"), full_page=True)
+
+        for name, ready in (("compare_view", ".js-plotly-plot"), ("train_view", "text=Start training")):
+            page.goto(f"{server}/{name}", timeout=120_000)
+            page.wait_for_selector(ready, timeout=120_000)
+            page.wait_for_timeout(1500)
+            assert page.locator(ERRORS).count() == 0
+            page.screenshot(path=str(SHOTS / f"7_{name}.png"), full_page=True)
         browser.close()

@@ -15,7 +15,7 @@ import plotly.graph_objects as go
 
 from coa_lora.configs.model_config import ModelConfig
 from coa_lora.evaluation.perplexity import PerplexityResult
-from coa_lora.evaluation.scoring import TaskResult
+from coa_lora.evaluation.scoring import TaskResult, paired_difference, summarize
 from coa_lora.plots.style import BITS_COLORS, blocks_by_kinds, layout_figure
 from coa_lora.quant.space import PRESETS
 
@@ -187,6 +187,32 @@ def results_bars(frame: pd.DataFrame, metric: str = "acc") -> go.Figure:
     fig.update_layout(barmode="group")
     label = {"acc": "accuracy", "acc_norm": "length-normalised accuracy", "perplexity": "perplexity (lower is better)"}
     return layout_figure(fig, f"{label.get(metric, metric)} (±1 standard error)", "task", metric, height=400)
+
+
+def differences_frame(results: Mapping[str, Mapping[str, object]], baseline: str) -> pd.DataFrame:
+    """Accuracy of every column against ``baseline``, paired by item, per multiple-choice task.
+
+    One row per (task, column): ``task, column, n, difference`` (points of acc), ``stderr`` (points, paired),
+    ``separated`` (|difference| >= 2 stderr) and ``items_needed`` (items that would put the observed difference at
+    two standard errors at this per-item spread). Results of different lengths (one still running) are compared on
+    the items both have: the first ``n`` of the task."""
+    rows = []
+    for task, base in results.get(baseline, {}).items():
+        if not isinstance(base, TaskResult):
+            continue
+        for column, by_task in results.items():
+            other = by_task.get(task)
+            if column == baseline or not isinstance(other, TaskResult):
+                continue
+            n = min(base.n, other.n)
+            if n < 2:
+                continue
+            a, b = (summarize(task, list(r.items[:n])) for r in (base, other))
+            difference, stderr, needed = paired_difference(a, b)
+            rows.append({"task": task, "column": column, "n": n, "difference": 100 * difference,
+                         "stderr": 100 * stderr, "separated": abs(difference) >= 2 * stderr > 0,
+                         "items_needed": needed})
+    return pd.DataFrame(rows, columns=["task", "column", "n", "difference", "stderr", "separated", "items_needed"])
 
 
 def flipped_items(a: TaskResult, b: TaskResult, name_a: str = "A", name_b: str = "B") -> pd.DataFrame:

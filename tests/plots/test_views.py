@@ -150,3 +150,20 @@ def test_prediction_and_ehvi_figures_carry_ids_and_measured_values():
     assert names == ["evaluated", "front", "candidates (predicted ±2 sd)", "measured afterwards", "reference point"]
     assert list(fig.data[1].x) == [2.0, 3.0]  # (3.5, 4.0) is dominated by (3.0, 3.0)
     assert [c[0] for c in fig.data[2].customdata] == [3, 4]
+
+
+def test_differences_are_paired_on_the_items_both_columns_have():
+    from coa_lora.evaluation.scoring import summarize
+
+    def result(correct):
+        return summarize("t", [ItemResult(f"q{i}", ("a", "b"), 0, (-1.0, -2.0), 0 if c else 1, 0)
+                               for i, c in enumerate(correct)])
+
+    results = {"reference": {"t": result([1, 1, 0, 1, 1, 0])}, "base": {"t": result([0, 1, 0, 0])},
+               "tiny": {"t": result([1])}, "ppl": {"ppl": PerplexityResult("ppl", 10.0, 2.3, 100, 1)}}
+    table = plots.differences_frame(results, "reference")
+    assert list(table["column"]) == ["base"]  # one item cannot give a standard error; perplexity has no items
+    row = table.iloc[0]
+    assert row["n"] == 4 and row["difference"] == pytest.approx(-50.0)  # 3/4 right on the first four, then 1/4
+    assert row["stderr"] == pytest.approx(100 * (1 / 3) ** 0.5 / 2)  # differences (-1, 0, 0, -1): sd sqrt(1/3)
+    assert not row["separated"] and row["items_needed"] == 6
