@@ -10,7 +10,7 @@ import streamlit as st
 from common import ROOT, RUNS_DIR
 
 from coa_lora import plots
-from coa_lora.compare import find_comparisons, read_results, results_markdown
+from coa_lora.compare import WITHIN_TRAINED, find_comparisons, read_results, results_markdown
 
 SHIPPED_DIR = Path(os.environ.get("COA_LORA_COMPARE", ROOT / "data" / "compare"))
 METRICS = {"Held-out perplexity": "perplexity", "KL from the unquantized model": "kl",
@@ -46,6 +46,12 @@ def render() -> None:
         st.caption("Lines: mean over seeds; bands: ± one standard deviation. Filled circles: budgets the "
                    "per-configuration adapters were trained for; open diamonds: budgets no method trained on (there "
                    "a per-configuration LoRA uses the adapter trained nearest, as a user without CoA-LoRA would).")
+        gaps = pd.DataFrame(summary["gaps"])
+        if not gaps.empty and metric in set(gaps["metric"]):
+            st.plotly_chart(plots.compare_gap_figure(gaps, metric, within=WITHIN_TRAINED), key="compare_gap")
+            st.caption("The same numbers as differences: 100·ln(method / per-configuration LoRA), paired by seed, "
+                       "mean ± sd. Grey band: within 2 %, the target at trained budgets; below 0 the method is "
+                       "better where lower is better (perplexity, KL), worse where higher is better (agreement).")
     with right:
         st.plotly_chart(plots.compare_time_figure(pd.DataFrame(summary["methods"])), key="compare_time")
         ratio = summary.get("time_ratio")

@@ -78,3 +78,35 @@ def compare_time_figure(methods: pd.DataFrame) -> go.Figure:
                            textposition="inside",
                            hovertemplate="%{x}: %{y:.1f} min (%{text})<extra></extra>"))
     return layout_figure(fig, "Training time per seed (all of a method's adapters)", "", "minutes", height=380)
+
+
+def compare_gap_figure(gaps: pd.DataFrame, metric: str, other: str = "qlora", within: float | None = None,
+                       title: str | None = None) -> go.Figure:
+    """Each method against ``other`` per budget: 100·ln(metric_method / metric_other) paired by seed, mean ± sd, so
+    differences of a few percent stay visible where the quantized base dwarfs them on the quality axis.
+
+    ``gaps``: the summary's gaps (``method, other, metric, budget, mean, sd, n, trained``); ``within``: a target band
+    (e.g. 100·ln 1.02) drawn around 0. Below 0 the method is better for a lower-is-better metric."""
+    frame = gaps[(gaps["metric"] == metric) & (gaps["other"] == other)].sort_values("budget")
+    fig = go.Figure()
+    if within is not None:
+        fig.add_hrect(y0=-within, y1=within, fillcolor="#eeeeee", line_width=0, layer="below")
+    fig.add_hline(y=0, line=dict(color="#999999", width=1))
+    methods = [m for m in METHOD_LABELS if m in set(frame["method"])]
+    for k, method in enumerate(methods):
+        rows = frame[frame["method"] == method]
+        color, label = METHOD_COLORS[method], METHOD_LABELS[method]
+        seen = rows["trained"].tolist()
+        offset = 0.02 * (k - (len(methods) - 1) / 2)  # side by side at each budget, not on top of each other
+        fig.add_trace(go.Scatter(
+            x=rows["budget"] + offset, y=rows["mean"], mode="markers", name=label,
+            error_y=dict(type="data", array=rows["sd"].fillna(0.0).tolist(), visible=True, color=color),
+            marker=dict(size=11, color=[color if s else "white" for s in seen], line=dict(color=color, width=2),
+                        symbol=["circle" if s else "diamond" for s in seen]),
+            customdata=list(zip(rows["budget"], rows["sd"].fillna(0.0), rows["n"])),
+            hovertemplate=f"{label}<br>%{{customdata[0]:g}} bits<br>%{{y:+.1f}} ± %{{customdata[1]:.1f}} over "
+                          "%{customdata[2]} seed(s)<extra></extra>"))
+    name = METRIC_AXES.get(metric, metric).split(" (")[0]
+    return layout_figure(fig, title or f"against {METHOD_LABELS.get(other, other)}: 100·ln ratio of {name}",
+                         "average bits per weight", f"100·ln({name} / {METHOD_LABELS.get(other, other)})",
+                         height=400)
