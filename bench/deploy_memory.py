@@ -3,6 +3,7 @@ load and the unquantized model, each measured in its own fresh process.
 
     python bench/deploy_memory.py                      # SmolLM2 at 2.5, 3 and 4 bits
     python bench/deploy_memory.py --model tiny --bits 3
+    python bench/deploy_memory.py --bits 3 nf4             # nf4: uniform NF4/B64 with 8-bit scales (QLoRA's format)
 
 For each budget the allocator's configuration is exported once (artifacts/deploy_memory/<model>-<bits>bits). Each
 measurement process loads one model, then runs a 256-token forward and a greedy generation of 64 new tokens; it
@@ -22,7 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("packed", "dequantized", "unquantized")
+# packed: PackedLinear with kernel="auto" (bitsandbytes' Linear4bit for NF4/B64 layers); packed_torch: every layer
+# decoded in torch code (kernel="dequantize"); dequantized: today's float load; unquantized: the original model.
+MODES = ("packed", "packed_torch", "dequantized", "unquantized")
 
 
 def _vm_hwm_mib() -> float:
@@ -33,12 +36,13 @@ def _vm_hwm_mib() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def export(model_name: str, bits: float, folder: Path) -> None:
-    """In a child process: the allocator's configuration at ``bits`` as a packed folder."""
-    from coa_lora import Workbench, save_packed
+def export(model_name: str, bits: str, folder: Path) -> None:
+    """In a child process: the allocator's configuration at ``bits`` (``nf4``: uniform NF4/B64) as a packed folder."""
+    from coa_lora import ModelConfig, QuantOption, Workbench, save_packed
 
     wb = Workbench.load(model_name)
-    save_packed(wb, wb.allocate(bits).config, folder)
+    config = ModelConfig.uniform(wb.layout, QuantOption()) if bits == "nf4" else wb.allocate(float(bits)).config
+    save_packed(wb, config, folder)
 
 
 def measure(model_name: str, folder: str, mode: str) -> dict:
@@ -54,7 +58,8 @@ def measure(model_name: str, folder: str, mode: str) -> dict:
     if mode == "unquantized":
         model = load_model(model_name)
     else:
-        model = load_packed(folder, weights="packed" if mode == "packed" else "dequantized", adapter="none")
+        model = load_packed(folder, weights="dequantized" if mode == "dequantized" else "packed", adapter="none",
+                            kernel="dequantize" if mode == "packed_torch" else "auto")
     load_s = time.perf_counter() - t0
     rss_loaded = psutil.Process().memory_info().rss / 2**20
     ids = torch.randint(0, model.config.vocab_size, (1, 256), generator=torch.Generator().manual_seed(0))
@@ -72,7 +77,8 @@ def measure(model_name: str, folder: str, mode: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--bits", type=float, nargs="+", default=[2.5, 3.0, 4.0])
+    parser.add_argument("--bits", nargs="+", default=["2.5", "3", "4"],
+                        help="budgets in bits, or nf4 for a uniform NF4/B64 configuration")
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--export", nargs=2, metavar=("BITS", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -80,13 +86,14 @@ def main() -> None:
         print(json.dumps(measure(args.model, *args.measure)))
         return
     if args.export:
-        export(args.model, float(args.export[0]), Path(args.export[1]))
+        export(args.model, args.export[0], Path(args.export[1]))
         return
     from coa_lora import read_summary
 
     rows = []
     for bits in args.bits:
-        folder = ROOT / "artifacts" / "deploy_memory" / f"{args.model}-{bits:g}bits"
+        bits = bits if bits == "nf4" else float(bits)
+        folder = ROOT / "artifacts" / "deploy_memory" / f"{args.model}-{bits if bits == 'nf4' else f'{bits:g}bits'}"
         if not folder.is_dir():
             subprocess.run([sys.executable, __file__, "--model", args.model, "--export", str(bits), str(folder)],
                            check=True)
@@ -97,7 +104,7 @@ def main() -> None:
                                   check=True, capture_output=True, text=True, env=env)
             row = {"bits": bits, "disk_mib": summary.size_bytes / 2**20, **json.loads(done.stdout.splitlines()[-1])}
             rows.append(row)
-            print(f"{bits:g} bits {mode:12s} load {row['load_s']:5.1f} s  RSS loaded {row['rss_loaded_mib']:7.0f} MiB  "
+            print(f"{bits} bits {mode:12s} load {row['load_s']:5.1f} s  RSS loaded {row['rss_loaded_mib']:7.0f} MiB  "
                   f"peak {row['peak_rss_mib']:7.0f} MiB  {row['tokens_per_s']:6.1f} tokens/s  "
                   f"(disk {row['disk_mib']:.0f} MiB)", flush=True)
     at3 = {r["mode"]: r for r in rows if r["bits"] == 3.0}
@@ -111,6 +118,14 @@ def main() -> None:
             "tokens_per_s_unquantized": at3["unquantized"]["tokens_per_s"],
             "rss_ratio_packed_to_dequantized": at3["packed"]["peak_rss_mib"] / at3["dequantized"]["peak_rss_mib"],
             "speed_ratio_packed_to_dequantized": at3["packed"]["tokens_per_s"] / at3["dequantized"]["tokens_per_s"],
+        })
+    nf4 = {r["mode"]: r for r in rows if r["bits"] == "nf4"}
+    if len(nf4) == len(MODES):  # the same NF4 weights through bitsandbytes' Linear4bit and through our torch decode
+        out.update({
+            "nf4_tokens_per_s": {m: r["tokens_per_s"] for m, r in nf4.items()},
+            "nf4_peak_rss_mib": {m: r["peak_rss_mib"] for m, r in nf4.items()},
+            "nf4_speed_bitsandbytes_over_torch": nf4["packed"]["tokens_per_s"] / nf4["packed_torch"]["tokens_per_s"],
+            "nf4_speed_bitsandbytes_over_dequantized": nf4["packed"]["tokens_per_s"] / nf4["dequantized"]["tokens_per_s"],
         })
     print(json.dumps(out))
 

@@ -39,6 +39,9 @@ class PackedLinear(nn.Module):
         self.register_buffer("lora_A", None)  # (r, in) with an adapter branch
         self.register_buffer("lora_B", None)  # (out, r)
         self.scaling = 0.0
+        # A module computing x @ Wᵀ from these codes (bitsandbytes' Linear4bit, :mod:`coa_lora.deploy.bnb`), or None
+        # to dequantize here. Kept out of the module tree: it shares the codes and is not part of the state.
+        object.__setattr__(self, "kernel", None)
 
     @property
     def quantized(self) -> QuantizedTensor:
@@ -49,7 +52,14 @@ class PackedLinear(nn.Module):
     def nbytes(self) -> int:
         """Bytes held at run time: the packed parts, the bias, the LoRA branch."""
         held = [getattr(self, p) for p in PARTS] + [t for t in (self.bias, self.lora_A, self.lora_B) if t is not None]
+        if self.kernel is not None:  # its codes are ours; its absmax is its own
+            held.append(self.kernel.weight.quant_state.absmax)
         return sum(t.numel() * t.element_size() for t in held)
+
+    def set_kernel_(self, kernel: nn.Module | None) -> PackedLinear:
+        """Compute ``x @ Wᵀ`` with ``kernel`` (it must use this layer's weight; None: dequantize in the forward)."""
+        object.__setattr__(self, "kernel", kernel)
+        return self
 
     def set_lora_(self, lora_A: torch.Tensor, lora_B: torch.Tensor, scaling: float) -> PackedLinear:
         """Attach an adapter branch: ``lora_A`` ``(r, in)``, ``lora_B`` ``(out, r)``, added as ``B(A(x)) · scaling``."""
@@ -66,7 +76,10 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(..., in) -> (..., out)``."""
-        y = F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        if self.kernel is None:
+            y = F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+        else:
+            y = self.kernel(x) if self.bias is None else self.kernel(x) + self.bias
         if self.lora_A is not None:
             y = y + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
         return y
@@ -74,4 +87,5 @@ class PackedLinear(nn.Module):
     def extra_repr(self) -> str:
         o = self.option
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"NF{o.bits}/B0={o.block_size}, {o.bits_per_weight:.3f} bits, lora={self.lora_A is not None}")
+                f"NF{o.bits}/B0={o.block_size}, {o.bits_per_weight:.3f} bits, lora={self.lora_A is not None}, "
+                f"kernel={'dequantize' if self.kernel is None else type(self.kernel).__name__}")

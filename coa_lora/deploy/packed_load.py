@@ -20,6 +20,7 @@ from coa_lora.configs.model_config import ModelConfig
 from coa_lora.deploy.packed import (FORMAT, FORMAT_VERSION, MANIFEST, PARTS, QUANT_CONFIG, QUANTIZED, UNQUANTIZED,
                                     PackedSummary, is_packed)
 from coa_lora.lora.instantiate import layout_of
+from coa_lora.deploy.bnb import use_bitsandbytes_
 from coa_lora.deploy.packed_linear import PackedLinear
 from coa_lora.models.loading import FolderLoader, register_loader
 from coa_lora.progress import hf_progress_bars_off
@@ -31,6 +32,7 @@ from coa_lora.storage import file_sha256, read_safetensors
 #: How :func:`load_packed` treats an included adapter: peft-wrapped, merged into the weights, or left out.
 ADAPTER_MODES = ("peft", "merge", "none")
 WEIGHT_MODES = ("dequantized", "packed")
+KERNELS = ("auto", "dequantize")
 _MANIFEST_KEYS = ("model_id", "weight_dtype", "avg_bits", "n_targets", "target_bytes", "ideal_target_bytes",
                   "size_bytes", "full_size_bytes", "adapter", "files")
 
@@ -74,7 +76,7 @@ def read_summary(folder: str | os.PathLike) -> PackedSummary:
 
 
 def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None,
-                adapter: str = "peft", weights: str = "dequantized") -> torch.nn.Module:
+                adapter: str = "peft", weights: str = "dequantized", kernel: str = "auto") -> torch.nn.Module:
     """Rebuild the quantized model of a packed folder, in eval mode with every parameter frozen.
 
     Target weights are dequantized by :func:`~coa_lora.quant.quantizer.dequantize` from the stored codes, so the logits
@@ -89,6 +91,9 @@ def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", d
         weights: ``"dequantized"`` loads every target as a float matrix; ``"packed"`` keeps each one packed in a
             :class:`~coa_lora.deploy.packed_linear.PackedLinear`, dequantized on the fly in its forward: run-time
             memory then follows the configuration's bits (the logits are the same, bit for bit without an adapter).
+        kernel: with ``weights="packed"``, ``"auto"`` hands every NF4 layer with blocks of 64 to bitsandbytes'
+            ``Linear4bit`` when bitsandbytes works on ``device`` (same weights; :mod:`coa_lora.deploy.bnb`), and
+            ``"dequantize"`` dequantizes every layer in torch code.
 
     Raises:
         ValueError: the folder is not a packed folder, is incomplete or corrupt, or its parts disagree.
@@ -99,6 +104,8 @@ def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", d
         raise ValueError(f"adapter must be one of {ADAPTER_MODES}, got {adapter!r}.")
     if weights not in WEIGHT_MODES:
         raise ValueError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}.")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
     folder = Path(folder).expanduser()
     manifest = read_manifest(folder)
     for name, digest in manifest.get("sha256", {}).items():  # folders written before hashes were kept: sizes only
@@ -121,7 +128,10 @@ def load_packed(folder: str | os.PathLike, device: str | torch.device = "cpu", d
         model = _packed_model(model_class, hf_config, state, quantized, dtype, folder)
         if manifest["adapter"] and adapter != "none":
             _attach_lora(model, folder, dtype)
-        return model.to(device).eval().requires_grad_(False)
+        model = model.to(device).eval().requires_grad_(False)
+        if kernel == "auto":
+            use_bitsandbytes_(model)
+        return model
     # One decode per matrix in a fresh process: compiling the decode kernels (seconds per bit width and block size)
     # costs far more than it saves here, so they run eagerly, with identical values (tests/quant/test_kernels.py).
     with torch.compiler.set_stance("force_eager"):
@@ -233,7 +243,7 @@ def _check_parts(parts: dict, numel: int, option: QuantOption, where: str) -> No
 
 
 
-__all__ = ["ADAPTER_MODES", "WEIGHT_MODES", "load_packed", "read_manifest", "read_summary"]
+__all__ = ["ADAPTER_MODES", "KERNELS", "WEIGHT_MODES", "load_packed", "read_manifest", "read_summary"]
 
 
 def _check_tokenizer(folder: str) -> None:

@@ -65,3 +65,38 @@ def test_a_packed_layer_refuses_what_does_not_fit_and_bad_modes_are_one_sentence
     save_packed(wb, ModelConfig.uniform(wb.layout, QuantOption(4, 8, "fp32", 64, 256)), tmp_path / "p")
     with pytest.raises(ValueError, match="weights must be one of"):
         load_packed(tmp_path / "p", weights="int4")
+
+
+def test_nf4_blocks_of_64_run_on_bitsandbytes_linear4bit_with_our_weights_and_codes():
+    import bitsandbytes.functional as F
+
+    from coa_lora.deploy.bnb import bitsandbytes_works, fits_bitsandbytes, linear4bit
+
+    assert bitsandbytes_works("cpu")  # bitsandbytes' CPU backend (requirements.txt pins it)
+    g = torch.Generator().manual_seed(0)
+    option = QuantOption(4, 4, "bf16", 64, 64)  # bitsandbytes' code layout; our own double quantization of the scales
+    layer = PackedLinear(quantize(torch.randn(40, 128, generator=g) * 0.02, option), torch.randn(40, generator=g))
+    x = torch.randn(3, 5, 128, generator=g)
+    want = layer(x)  # dequantized on the fly
+    kernel = linear4bit(layer, torch.float32)
+    assert kernel.weight.data_ptr() == layer.codes.data_ptr()  # the codes are shared, not copied
+    assert torch.equal(F.dequantize_4bit(kernel.weight, kernel.weight.quant_state), layer.dequantized_weight())
+    layer.set_kernel_(kernel)
+    torch.testing.assert_close(layer(x), want, rtol=0, atol=1e-6)
+    assert layer.nbytes == sum(getattr(layer, p).nbytes for p in ("codes", "scale_codes", "group_max", "offset")) + \
+        layer.bias.nbytes + kernel.weight.quant_state.absmax.nbytes  # the float32 absmax is the mapping's cost
+    # Rows that are not whole blocks stay with our decode (bitsandbytes' CPU round trip is wrong there); so do 3 bits.
+    for shape, other in (((40, 96), option), ((40, 128), QuantOption(3, 8, "fp32", 64, 256))):
+        odd = PackedLinear(quantize(torch.randn(*shape, generator=g), other))
+        assert not fits_bitsandbytes(odd)
+        with pytest.raises(ValueError, match="needs 4-bit codes in blocks of 64 and rows of whole blocks"):
+            linear4bit(odd, torch.float32)
+
+
+def test_kernel_choice_is_checked_and_dequantize_keeps_every_layer_in_torch(tmp_path):
+    wb = Workbench.load("tiny")
+    save_packed(wb, ModelConfig.uniform(wb.layout, QuantOption(4, 8, "fp32", 64, 256)), tmp_path / "p")
+    plain = load_packed(tmp_path / "p", weights="packed", kernel="dequantize")
+    assert all(m.kernel is None for m in plain.modules() if isinstance(m, PackedLinear))
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        load_packed(tmp_path / "p", weights="packed", kernel="cuda")
