@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 
 from coa_lora import Workbench, load_trained
+from coa_lora.compare import read_why
+from coa_lora.compare.report import WHY_FILE
 from coa_lora.lora.diagnose import correction_spread
+from coa_lora.storage import write_json
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -42,6 +46,7 @@ def _relative_difference(lo: dict[str, torch.Tensor], hi: dict[str, torch.Tensor
 
 def spread(wb: Workbench, compare_folders: list[Path]) -> dict:
     kinds_rows, layer_rows, difference = {}, {}, {"coa": [], "per-config LoRA": []}
+    per_seed = {"share": [], "u_mean": [], "delta_to_weight": []}  # each seed's mean over the target matrices
     for folder in compare_folders:
         plan = json.loads((folder / "plan.json").read_text())
         lo_budget, hi_budget = min(plan["budgets"]), max(plan["budgets"])
@@ -55,6 +60,9 @@ def spread(wb: Workbench, compare_folders: list[Path]) -> dict:
                 continue
             coa, _, configs = load_trained(wb, run)
             table = correction_spread(coa, configs)
+            per_seed["share"].append(float(table["config_share"].mean()))
+            per_seed["u_mean"].append(float(table["u_mean"].mean()))
+            per_seed["delta_to_weight"].append(float(table["delta_to_weight"].mean()))
             for kind, part in table.groupby("kind"):
                 kinds_rows.setdefault(kind, []).append(part[["u_mean", "u_spread", "config_share",
                                                              "delta_to_weight"]].mean().to_dict())
@@ -87,14 +95,26 @@ def spread(wb: Workbench, compare_folders: list[Path]) -> dict:
         print(f"{kind:10s} " + " ".join(f"{m:8.4f} ± {s:5.4f}" for m, s in
                                        (cols[c] for c in ("u_mean", "u_spread", "config_share", "delta_to_weight"))))
     print("config share per layer: " + " ".join(f"{layer}:{statistics.fmean(v):.3f}" for layer, v in sorted(layer_rows.items())))
+    measured = {
+        "configuration-dependent share of the correction": per_seed["share"],
+        "‖Ū‖ / ‖I‖": per_seed["u_mean"],
+        "‖ΔW‖ / ‖W‖": per_seed["delta_to_weight"],
+        f"ΔW({lo_budget:g}) vs ΔW({hi_budget:g}), CoA-LoRA": difference["coa"],
+        f"ΔW({lo_budget:g}) vs ΔW({hi_budget:g}), two per-configuration LoRAs": difference["per-config LoRA"],
+    }
+    stats = {k: dict(zip(("mean", "sd"), _mean_sd(v)), n=len(v)) for k, v in measured.items()}
+    share, coa_diff, pc_diff = (stats[k]["mean"] for k in list(measured)[:1] + list(measured)[3:])
     return {
-        "factor": "spread",
-        "seeds": len(difference["coa"]),
-        "config_share_by_kind": {k: v["config_share"] for k, v in by_kind.items()},
-        "u_mean_by_kind": {k: v["u_mean"] for k, v in by_kind.items()},
-        "delta_to_weight_by_kind": {k: v["delta_to_weight"] for k, v in by_kind.items()},
+        "question": "Does U_θ's output vary with the configuration at all?",
+        "measured": stats,
+        "finding": f"U_θ is not idle (the mean I + Ū is {stats['‖Ū‖ / ‖I‖']['mean']:.2f} of ‖I‖ away from I), but only "
+                   f"{share:.0%} of the correction moves with the configuration over the training set: CoA-LoRA's "
+                   f"corrections at {lo_budget:g} and {hi_budget:g} bits differ by {coa_diff:.0%}, two "
+                   f"per-configuration LoRAs of the same seed by {pc_diff:.0%}. The adapter is mostly one shared "
+                   "correction; U_θ can only mix within the r-dimensional spans of A and B that all configurations "
+                   "share.",
+        "by_kind": by_kind,
         "config_share_by_layer": {k: statistics.fmean(v) for k, v in sorted(layer_rows.items())},
-        "lo_vs_hi_difference": {k: _mean_sd(v) for k, v in difference.items()},
     }
 
 
@@ -102,10 +122,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factor", choices=["spread"], default="spread")
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--compare", nargs="+", type=Path, required=True, help="comparison folders (python -m coa_lora compare --out)")
+    parser.add_argument("--compare", nargs="+", type=Path, required=True,
+                        help="comparison folders (python -m coa_lora compare --out) holding the adapters")
+    parser.add_argument("--out", type=Path, help="a comparison folder whose why.json gets this factor (its RESULTS.md "
+                        "and `compare --merge ... --report` then show it)")
     args = parser.parse_args()
     wb = Workbench.load(args.model)
-    print(json.dumps(spread(wb, args.compare)))
+    entry = {**spread(wb, args.compare), "command": "python bench/why.py " + " ".join(sys.argv[1:])}
+    if args.out is not None:
+        why = read_why(args.out)
+        write_json(args.out / WHY_FILE, {**why, args.factor: entry})
+    print(json.dumps({"factor": args.factor, **entry}))
 
 
 if __name__ == "__main__":

@@ -309,8 +309,8 @@ def compare_command(args) -> int:
     import shlex
     import sys
 
-    from coa_lora.compare import (ComparePlan, check_folder, merge_results, results_markdown, run_comparison,
-                                  write_results)
+    from coa_lora.compare import (ComparePlan, check_folder, merge_results, read_why, results_markdown,
+                                  run_comparison, write_results)
     from coa_lora.lora.workbench import Workbench
     from coa_lora.progress import tqdm_progress
     from coa_lora.storage import atomic_write_bytes
@@ -331,7 +331,7 @@ def compare_command(args) -> int:
             comparison = run_comparison(plan, args.out, wb=wb, progress=progress, command=command,
                                         echo=lambda text: print(text, file=sys.stderr, flush=True))
     summary = write_results(comparison, command)
-    markdown = results_markdown(summary)
+    markdown = results_markdown(summary, read_why(args.out))
     atomic_write_bytes(Path(args.out) / "RESULTS.md", markdown.encode())
     if args.report is not None:
         atomic_write_bytes(args.report, markdown.encode())

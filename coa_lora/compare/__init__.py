@@ -3,10 +3,11 @@ against Shared-LoRA, over seeds, at trained and unseen budgets; its plan, its ru
 from coa_lora.compare.markdown import results_markdown
 from coa_lora.compare.plan import LABELS, METHODS, ComparePlan, RunSpec
 from coa_lora.compare.report import (WITHIN_TRAINED, Comparison, find_comparisons, merge_results, read_results,
-                                    write_results)
+                                    read_why, write_results)
 from coa_lora.compare.run import check_folder, describe, run_comparison
 
 __all__ = [
     "LABELS", "METHODS", "WITHIN_TRAINED", "ComparePlan", "Comparison", "RunSpec", "check_folder", "describe",
-    "find_comparisons", "merge_results", "read_results", "results_markdown", "run_comparison", "write_results",
+    "find_comparisons", "merge_results", "read_results", "read_why", "results_markdown", "run_comparison",
+    "write_results",
 ]

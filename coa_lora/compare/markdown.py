@@ -12,7 +12,8 @@ METRIC_NAMES = {"perplexity": "held-out perplexity (lower is better)",
                 "top1": "top-1 agreement with the unquantized model (higher is better)"}
 
 
-def results_markdown(summary: dict) -> str:
+def results_markdown(summary: dict, why: dict | None = None) -> str:
+    """The report; ``why`` (a comparison folder's why.json, written by bench/why.py) adds the diagnosis section."""
     plan = summary["plan"]
     budgets = sorted(set(plan["budgets"]) | set(plan["unseen"]))
     lines = [
@@ -36,7 +37,26 @@ def results_markdown(summary: dict) -> str:
         lines += _method_table(summary, f"{task}.acc", budgets, plan)
     lines += _gap_tables(summary, plan)
     lines += _time_lines(summary)
+    lines += _why_lines(why or {})
     return "\n".join(lines) + "\n"
+
+
+def _why_lines(why: dict) -> list[str]:
+    """One row per diagnosed factor (#37): the question, what was measured over seeds, what it says, the command."""
+    if not why:
+        return []
+    lines = ["", "## Why CoA-LoRA trails a LoRA per configuration: the factors measured", "",
+             "Each factor measured on its own against the comparison's adapters (bench/why.py); mean ± sd over seeds.",
+             "", "| Factor | Question | Measured | Finding | Command |", "|---|---|---|---|---|"]
+    for factor, entry in why.items():
+        measured = "; ".join(f"{name}: {m['mean']:.3g} ± {_sd(m['sd'])} (n = {m['n']})"
+                             for name, m in entry["measured"].items())
+        lines.append(f"| {factor} | {entry['question']} | {measured} | {entry['finding']} | `{entry['command']}` |")
+    return lines
+
+
+def _sd(sd) -> str:
+    return "–" if sd is None else f"{sd:.2g}"
 
 
 def _cell(cells: dict, method: str, budget: float, metric: str, digits: int) -> str:

@@ -22,6 +22,7 @@ from coa_lora.compare.plan import LABELS, PER_CONFIG, ComparePlan
 from coa_lora.storage import atomic_write_bytes, write_json
 
 RESULTS_FILE, RUNS_FILE, SUMMARY_FILE = "results.csv", "runs.csv", "summary.json"
+WHY_FILE = "why.json"  # the diagnosis of the comparison's gap (bench/why.py), kept beside its result files
 SUMMARY_VERSION = 1
 # The issue's targets for CoA-LoRA, as 100 * ln ratios: within 2 % of per-configuration LoRA at trained budgets,
 # better at unseen ones, better than Shared-LoRA everywhere; and at most 0.35 x the per-configuration runs' time.
@@ -171,6 +172,21 @@ def _finite(obj):
     if hasattr(obj, "item"):  # numpy scalars
         return _finite(obj.item())
     return obj
+
+
+def read_why(folder: str | os.PathLike) -> dict:
+    """``{factor: entry}`` of the folder's why.json (empty when the gap has not been diagnosed there)."""
+    path = Path(folder) / WHY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        why = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}); run bench/why.py again.") from None
+    if not isinstance(why, dict) or not all(isinstance(e, dict) and {"question", "measured", "finding", "command"}
+                                            <= set(e) for e in why.values()):
+        raise ValueError(f"{path} is not a diagnosis file (each factor needs question, measured, finding, command).")
+    return why
 
 
 def merge_results(folders, out: str | os.PathLike, command: str) -> Comparison:

@@ -152,3 +152,24 @@ def test_gaps_are_paired_by_seed_and_time_ratios_by_seed():
     ])
     # Seed 1 has no per-configuration runs, seed 2 one of two (stopped part-way): neither has a ratio.
     assert time_ratio(runs, n_budgets=2) == {"mean": 0.5, "sd": 0.0, "n": 1}
+
+
+def test_a_diagnosis_file_becomes_the_reports_why_section_and_a_bad_one_is_one_sentence(tmp_path):
+    from pathlib import Path
+
+    from coa_lora.compare import read_why
+
+    shipped = Path(__file__).resolve().parents[2] / "data" / "compare" / "smollm2"
+    _, _, summary = read_results(shipped)
+    assert read_why(tmp_path) == {} and "## Why" not in results_markdown(summary, read_why(tmp_path))
+    entry = {"question": "Does U vary?", "finding": "Barely.", "command": "python bench/why.py --factor spread",
+             "measured": {"share": {"mean": 0.1234, "sd": 0.0051, "n": 5}, "one seed": {"mean": 2.0, "sd": None,
+                                                                                      "n": 1}}}
+    (tmp_path / "why.json").write_text(json.dumps({"spread": entry}))
+    text = results_markdown(summary, read_why(tmp_path))
+    row = text.split("## Why", 1)[1].splitlines()[-1]
+    assert row == ("| spread | Does U vary? | share: 0.123 ± 0.0051 (n = 5); one seed: 2 ± – (n = 1) | Barely. | "
+                   "`python bench/why.py --factor spread` |")
+    (tmp_path / "why.json").write_text(json.dumps({"spread": {"question": "?"}}))
+    with pytest.raises(ValueError, match="is not a diagnosis file"):
+        read_why(tmp_path)
