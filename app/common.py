@@ -9,7 +9,7 @@ from typing import Optional
 
 import streamlit as st
 
-from coa_lora import Explorer, read_run_info
+from coa_lora import Explorer, plots, preset, read_run_info
 from coa_lora.models import model_id
 from coa_lora.search import RunView, find_runs, open_run
 
@@ -83,6 +83,28 @@ def run_view(folder: str | Path) -> RunView:
         hit = (stamp, view)
         cache[key] = hit
     return hit[1]
+
+
+@st.cache_resource
+def _preset_jobs() -> dict:
+    """Preset measurements started by any session, by run folder and its files' stamp (one per run and checkpoint)."""
+    return {"pool": ThreadPoolExecutor(1, thread_name_prefix="coa-lora presets")}
+
+
+def preset_points(folder: str | Path) -> Optional[dict]:
+    """``{preset: (bits, probe loss)}`` under the run's final adapter, or None while they are being measured (the
+    first call starts that in the background once the model has loaded; the result is cached on disk)."""
+    if not model_ready():
+        return None
+    folder = Path(folder)
+    jobs = _preset_jobs()
+    key = (str(folder.resolve()), _stamp(folder) if folder.is_dir() else ())
+    if key not in jobs:
+        ex = explorer()  # loaded: no spinner; the job's thread never calls Streamlit
+        presets = {name: preset(name) for name in plots.preset_bits()}
+        jobs[key] = jobs["pool"].submit(ex.preset_losses, folder, presets)
+    job = jobs[key]
+    return job.result() if job.done() and job.exception() is None else None
 
 
 def known_runs() -> list[Path]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import streamlit as st
-from common import current_run, known_runs, run_view
+from common import current_run, known_runs, preset_points, run_view
 
 from coa_lora import plots
 
@@ -87,8 +87,9 @@ def _round_panel(folder: str, playing: bool) -> None:
     history = view.history_at(r)
     picked = st.session_state.get("picked")
     picked_id = picked["id"] if picked and picked.get("run") == str(view.folder) else None
+    stars = preset_points(folder)
     fig = plots.search_figure(history, view.segment_edges(), plots.preset_bits(), f"round {r} ({modes.get(r, '')})",
-                              picked_id)
+                              picked_id, preset_points=stars)
     event = st.plotly_chart(fig, key=f"front_{r}", on_select="rerun", selection_mode="points")
     points = (event or {}).get("selection", {}).get("points", []) if event else []
     if points and points[0].get("customdata") is not None:
@@ -101,7 +102,10 @@ def _round_panel(folder: str, playing: bool) -> None:
         st.success(f"Picked configuration {picked_id} ({row['source']}, first evaluated in round {row['round']}): "
                    f"{row['avg_bits']:.3f} bits, probe loss {row['f1']:.4f}. Instantiate and Evaluate use it when "
                    f"you choose “picked point”.")
-    st.caption(f"Round {r}: {int(history['selected'].sum())} of {len(history)} configurations in the training set.")
+    st.caption(f"Round {r}: {int(history['selected'].sum())} of {len(history)} configurations in the training set. "
+               + ("Stars: the uniform presets under the run's final adapter (measured once per run on the same probe "
+                  "windows)." if stars else "Dashed lines: the uniform presets' bits (their probe loss under the "
+                  "run's adapter is measured in the background once the model has loaded)."))
 
 
 render()

@@ -13,8 +13,9 @@ knows how many are ahead of it. Allocation from the grid and reading runs need n
 """
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -28,11 +29,16 @@ from coa_lora.evaluation.evaluator import Evaluator, Result, default_cache_dir, 
 from coa_lora.evaluation.generation import GenerateOptions, generate, reference_logprobs
 from coa_lora.evaluation.loglik import EvaluationCancelled, StopFn
 from coa_lora.evaluation.scoring import TaskResult
+from coa_lora.lora.options import TrainOptions
+from coa_lora.lora.trainer import probe_windows
 from coa_lora.lora.workbench import DEFAULT_WEIGHTING, Workbench
 from coa_lora.model_queue import ModelQueue
 from coa_lora.progress import ProgressFn
-from coa_lora.quant.space import ALL_OPTIONS
+from coa_lora.quant.space import ALL_OPTIONS, QuantOption
+from coa_lora.runs import read_run_info
+from coa_lora.search.in_run import probe_loss
 from coa_lora.search.run_view import RunView, open_run
+from coa_lora.storage import write_json
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Explorer:
         self.evaluator = Evaluator(workbench, cache_dir=eval_cache_dir)
         self._grid: Optional[GridAllocator] = None
         self._attached: Optional[tuple[Path, object]] = None  # (run folder, CoALoRAModel)
+        self._presets: dict[str, dict] = {}  # preset probe losses by adapter, when results are not kept on disk
 
     @classmethod
     def load(cls, model: str = "smollm2", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -211,6 +218,38 @@ class Explorer:
         decode = self.wb.tokenizer.decode
         pieces = [decode(tokens[:i + 1])[len(decode(tokens[:i])):] for i in range(len(tokens))]
         return Generation(tokens, pieces, logprobs, seconds, decode(tokens))
+
+    def preset_losses(self, run: str | Path, presets: Mapping[str, QuantOption],
+                      should_stop: Optional[StopFn] = None) -> dict[str, tuple[float, float]]:
+        """``{name: (average bits, probe loss)}`` of each uniform preset under ``run``'s final adapter, measured as the
+        run's search measured f1 (its probe windows, its batch size), so presets sit among the run's points.
+
+        Cached on disk by model, adapter and probe windows (a second call, or another session, reads the file)."""
+        folder = Path(run)
+        self._wait_for_model(should_stop, None)
+        try:
+            coa = self.adapter(folder)
+            options = TrainOptions.saved(read_run_info(folder).hyper)
+            key = f"{self.wb.weight_hash[:16]}-{coa.fingerprint()}-{options.seq_length}x{options.probe_windows}"
+            cache = self.evaluator.cache_dir  # None: this process only, as the evaluator's results
+            path = None if cache is None else Path(cache) / "presets" / f"{key}.json"
+            found = self._presets.setdefault(key, {})
+            if path is not None and path.is_file():
+                found.update(json.loads(path.read_text()))
+            missing = [name for name in presets if name not in found]
+            if missing:
+                windows = probe_windows(self.wb.tokenizer, options.seq_length, options.probe_windows)
+                for name in missing:
+                    if should_stop is not None and should_stop():
+                        raise EvaluationCancelled("Cancelled while measuring the presets.")
+                    config = ModelConfig.uniform(self.layout, presets[name])
+                    with model_as(self.wb, config, coa):
+                        found[name] = [config.avg_bits, probe_loss(self.wb.model, windows, options.batch_size)]
+                if path is not None:
+                    write_json(path, found)
+        finally:
+            self.lock.release()
+        return {name: tuple(found[name]) for name in presets}
 
     def _wait_for_model(self, should_stop: Optional[StopFn], on_wait: Optional[Callable[[int], None]]) -> None:
         """Take the model in turn, telling ``on_wait`` how many jobs are ahead; a cancel while waiting raises

@@ -63,6 +63,22 @@ def test_app_starts_on_the_search_view_and_the_round_slider_changes_the_plotted_
     assert pred and sum(len(t["customdata"]) for t in pred[0]["data"][:-1]) == 10  # 2 rounds x 5 proposals
 
 
+def test_search_view_needs_no_model_and_then_draws_the_presets_among_the_runs_points():
+    at = app()
+    at.switch_page("instantiate_view.py").run()  # this page waits for the model
+    at.switch_page("search_view.py").run()
+    deadline = time.time() + 120
+    stars = []
+    while not stars and time.time() < deadline:  # the presets are measured in the background, then drawn
+        time.sleep(0.5)
+        at.run()
+        stars = [t for f in figures(at) for t in f["data"] if t.get("name", "").startswith("uniform presets")]
+    assert stars, "the uniform presets were never drawn as points"
+    assert stars[0]["text"] == ["uniform nf2", "uniform nf3", "uniform nf4"]
+    assert stars[0]["y"][0] > stars[0]["y"][-1]  # nf2 loses more than nf4 under the same adapter
+    assert "Stars: the uniform presets" in " ".join(c.value for c in at.caption)
+
+
 def test_budget_slider_yields_a_configuration_within_the_budget():
     at = app()
     at.switch_page("instantiate_view.py").run()

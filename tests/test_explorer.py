@@ -151,3 +151,28 @@ def test_a_waiting_evaluation_says_how_many_are_ahead_and_can_be_cancelled_while
         ex.lock.release()
     assert outcome == ["cancelled"] and ex.queue_length == 0
     assert ex.instantiate(config, timeout=0.5) is not None  # nobody stale holds the model
+
+
+def test_presets_are_measured_under_the_runs_adapter_as_its_search_measured_f1_and_cached_on_disk(tmp_path):
+    from coa_lora.lora.trainer import probe_windows
+    from coa_lora.runs import read_run_info
+    from coa_lora.search.in_run import probe_loss
+
+    presets = {name: preset(name) for name in ("nf2", "nf4")}
+    ex = Explorer(Workbench.load("tiny"), eval_cache_dir=tmp_path)
+    got = ex.preset_losses(TINY_RUN, presets)
+    # By hand: the run's adapter under the uniform configuration, on the run's probe windows.
+    hyper = read_run_info(TINY_RUN).hyper
+    wb = Workbench.load("tiny")
+    coa, _, _ = load_trained(wb, TINY_RUN)
+    windows = probe_windows(wb.tokenizer, hyper["seq_length"], hyper["probe_windows"])
+    for name, option in presets.items():
+        config = ModelConfig.uniform(wb.layout, option)
+        coa.set_config(config)
+        assert got[name] == pytest.approx((config.avg_bits, probe_loss(coa.model, windows, hyper["batch_size"])),
+                                          rel=1e-5)
+    assert got["nf2"][1] > got["nf4"][1]  # fewer bits, more loss
+    assert len(list((tmp_path / "presets").glob("*.json"))) == 1
+    again = Explorer(Workbench.load("tiny"), eval_cache_dir=tmp_path)  # a new server: read from disk
+    again.wb.qmodel.apply_ = None  # any measurement would need to quantize: the cached file must answer
+    assert again.preset_losses(TINY_RUN, presets) == got

@@ -31,14 +31,17 @@ def preset_bits() -> dict[str, float]:
 
 # ----- search --------------------------------------------------------------------------------------------------------
 def search_figure(history: pd.DataFrame, edges: Sequence[float] = (), presets: Optional[Mapping[str, float]] = None,
-                  round_label: str = "", selected_id: Optional[int] = None) -> go.Figure:
+                  round_label: str = "", selected_id: Optional[int] = None,
+                  preset_points: Optional[Mapping[str, tuple[float, float]]] = None) -> go.Figure:
     """Every evaluated configuration in the (average bits, probe loss) plane after one round.
 
     Args:
         history: one round of a run's search history (``RunView.history_at``): ``id, source, avg_bits, f1,
             segment, selected``.
         edges: segment boundaries in bits (drawn as faint vertical lines).
-        presets: ``{name: avg_bits}`` of uniform presets, drawn as labelled dashed lines.
+        presets: ``{name: avg_bits}`` of uniform presets, drawn as labelled dashed lines (where no point is given).
+        preset_points: ``{name: (avg_bits, probe loss)}`` of uniform presets under the run's adapter, drawn as
+            labelled stars among the run's configurations.
         round_label: e.g. ``"round 2 (search)"``.
         selected_id: a configuration to ring (the user's pick).
 
@@ -77,7 +80,17 @@ def search_figure(history: pd.DataFrame, edges: Sequence[float] = (), presets: O
                                  hoverinfo="skip"))
     for e in edges:
         fig.add_vline(x=e, line=dict(color="#cccccc", width=0.6, dash="dot"), layer="below")
+    points = dict(preset_points or {})
+    if points:
+        names = list(points)
+        fig.add_trace(go.Scatter(
+            x=[points[n][0] for n in names], y=[points[n][1] for n in names], mode="markers+text",
+            name="uniform presets (final adapter)", text=[f"uniform {n}" for n in names], textposition="top center",
+            marker=dict(symbol="star", size=15, color="#444", line=dict(width=1, color="white")),
+            hovertemplate="%{text}<br>%{x:.3f} bits<br>probe loss %{y:.4f}<extra></extra>"))
     for name, bits in (presets or {}).items():
+        if name in points:
+            continue
         fig.add_vline(x=bits, line=dict(color="#555", width=1.2, dash="dash"), annotation_text=f"uniform {name}",
                       annotation_position="top", annotation_font_size=11)
     return layout_figure(fig, f"Configurations in the (bits, probe loss) plane{' — ' + round_label if round_label else ''}",

@@ -35,6 +35,12 @@ def test_search_figure_shows_every_configuration_of_the_round_with_its_id_and_th
     assert len(chosen.x) == int(history["selected"].sum())
     assert any(t.name == "your pick" for t in fig.data)
     assert len(fig.layout.shapes) == len(view.segment_edges()) + len(plots.preset_bits())
+    # A preset measured under the run's adapter is a labelled star among the points, instead of its line.
+    fig = plots.search_figure(history, view.segment_edges(), plots.preset_bits(), "final",
+                              preset_points={"nf4": (4.127, 3.5)})
+    star = next(t for t in fig.data if t.name.startswith("uniform presets"))
+    assert (list(star.x), list(star.y), list(star.text)) == ([4.127], [3.5], ["uniform nf4"])
+    assert len(fig.layout.shapes) == len(view.segment_edges()) + len(plots.preset_bits()) - 1
 
 
 def test_hypervolume_figure_draws_pool_and_training_set_per_run():
