@@ -10,6 +10,14 @@ configuration-dependent part of the correction s·B(U(c) − Ū)A against the sh
 the comparison's per-configuration LoRAs of the same seed (same initialisation, same batches) differ between the
 lowest and highest trained budget, ‖ΔW(lo) − ΔW(hi)‖ / ‖(ΔW(lo) + ΔW(hi)) / 2‖ over all targets, against the same
 quantity for CoA-LoRA at those budgets' configurations. Spreads are mean ± sd over seeds.
+Factor ``repair`` (no training): what the comparison's adapters do to the quantization damage, from its result files.
+Per method and budget, paired by seed: the KL from the unquantized model that remains against the quantized base's
+(KL_method / KL_base: below 1 the adapter repairs, above 1 it moves the model further from the unquantized one),
+and held-out perplexity against the unquantized model's (measured once, same windows): below 1 the adapter has
+adapted to the text beyond what the unquantized model knows.
+
+    python bench/why.py --factor repair --compare runs/compare-smollm2-a runs/compare-smollm2-b --out data/compare/smollm2
+
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -118,9 +126,52 @@ def spread(wb: Workbench, compare_folders: list[Path]) -> dict:
     }
 
 
+def repair(wb: Workbench, compare_folders: list[Path]) -> dict:
+    import pandas as pd
+
+    from coa_lora.evaluation import EvalOptions, Evaluator, PerplexityOptions
+
+    plan = json.loads((compare_folders[0] / "plan.json").read_text())
+    rows = pd.concat([pd.read_csv(f / "results.csv") for f in compare_folders], ignore_index=True)
+    base = rows[rows["method"] == "base"].drop_duplicates("budget").set_index("budget")
+    length = plan["ppl_length"]
+    evaluator = Evaluator(wb, EvalOptions(perplexity=PerplexityOptions(length=length, stride=length)))
+    reference = evaluator.run("ppl", None, limit=plan["ppl_limit"]).perplexity  # the unquantized model, same windows
+    print(f"unquantized model: held-out perplexity {reference:.2f} ({plan['ppl_limit']} window(s) of {length} per play)")
+    table, measured = {}, {}
+    budgets = sorted(set(plan["budgets"]) | set(plan["unseen"]))
+    print(f"{'method':8s} {'bits':>5s} {'KL / base KL':>16s} {'ppl / unquantized':>18s}  n")
+    for method in [m for m in ("qlora", "shared", "coa") if m in set(rows["method"])]:
+        for budget in budgets:
+            part = rows[(rows["method"] == method) & (rows["budget"] == budget)].dropna(subset=["seed"])
+            if part.empty:
+                continue
+            kl = _mean_sd((part["kl"] / base.loc[budget, "kl"]).tolist())
+            ppl = _mean_sd((part["perplexity"] / reference).tolist())
+            table[f"{method}@{budget:g}"] = {"kl_remaining": kl, "ppl_over_unquantized": ppl, "n": len(part)}
+            print(f"{method:8s} {budget:5g} {kl[0]:8.3f} ± {kl[1]:5.3f} {ppl[0]:10.3f} ± {ppl[1]:5.3f}  {len(part)}")
+            if budget in (min(budgets), max(budgets)) and method in ("qlora", "coa"):
+                for name, (m, sd) in ((f"KL / base KL, {method} at {budget:g} bits", kl),
+                                      (f"perplexity / unquantized, {method} at {budget:g} bits", ppl)):
+                    measured[name] = {"mean": m, "sd": sd, "n": len(part)}
+    lo, hi = min(budgets), max(budgets)
+    coa_hi, base_kl = table.get(f"coa@{hi:g}", {}), base.loc[hi, "kl"]
+    finding = (f"At {hi:g} bits the adapters leave {coa_hi.get('kl_remaining', (float('nan'),))[0]:.2f}x the quantized "
+               f"base's KL ({base_kl:.3f} nats) while reaching {coa_hi.get('ppl_over_unquantized', (float('nan'),))[0]:.2f}x"
+               " the unquantized model's perplexity: there is little damage left to repair and the `lm` objective "
+               "spends the adapter on the text (adaptation every adapter learns, which moves the model away from "
+               f"the unquantized one). At {lo:g} bits damage dominates and the comparison of repair between methods "
+               "is what the configuration-aware part is for.")
+    return {"question": "What do the adapters repair, and what do they adapt? (the comparison's own evaluations)",
+            "measured": measured, "finding": finding, "reference_perplexity": reference, "table": table}
+
+
+FACTORS = {"spread": spread, "repair": repair}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--factor", choices=["spread"], default="spread")
+    parser.add_argument("--factor", choices=sorted(FACTORS), default="spread")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--compare", nargs="+", type=Path, required=True,
                         help="comparison folders (python -m coa_lora compare --out) holding the adapters")
@@ -128,7 +179,7 @@ def main() -> None:
                         "and `compare --merge ... --report` then show it)")
     args = parser.parse_args()
     wb = Workbench.load(args.model)
-    entry = {**spread(wb, args.compare), "command": "python bench/why.py " + " ".join(sys.argv[1:])}
+    entry = {**FACTORS[args.factor](wb, args.compare), "command": "python bench/why.py " + " ".join(sys.argv[1:])}
     if args.out is not None:
         why = read_why(args.out)
         write_json(args.out / WHY_FILE, {**why, args.factor: entry})
