@@ -37,12 +37,26 @@ def _loading(model: str = MODEL) -> Future:
 
 
 def explorer(model: str = MODEL) -> Explorer:
-    """The explorer, waiting (with a spinner that says what is loading) until its model is ready."""
+    """The explorer, waiting (with a spinner that says what is loading) until its model is ready. A load that failed
+    is said in one sentence and this page stops; the next page view tries again."""
     loading = _loading(model)
     if not loading.done():
         with st.spinner(f"Loading {model_id(model)}, its weights' hash and the allocation grid (once per server) …"):
-            return loading.result()
+            loading.exception()  # waits
+    problem = load_error(model)
+    if problem is not None:
+        st.error(problem)
+        st.stop()
     return loading.result()
+
+
+def load_error(model: str = MODEL) -> Optional[str]:
+    """One sentence when the model's load failed (and forget it, so the next page view tries again), else None."""
+    loading = _loading(model)
+    if not loading.done() or loading.exception() is None:
+        return None
+    _loading.clear()
+    return f"The model {model_id(model)} could not be loaded: {loading.exception()}"
 
 
 def model_ready(model: str = MODEL) -> bool:
@@ -91,11 +105,12 @@ def _preset_jobs() -> dict:
     return {"pool": ThreadPoolExecutor(1, thread_name_prefix="coa-lora presets")}
 
 
-def preset_points(folder: str | Path) -> Optional[dict]:
-    """``{preset: (bits, probe loss)}`` under the run's final adapter, or None while they are being measured (the
-    first call starts that in the background once the model has loaded; the result is cached on disk)."""
+def preset_points(folder: str | Path) -> tuple[Optional[dict], str]:
+    """``({preset: (bits, probe loss)}, "")`` under the run's final adapter; ``(None, why not)`` while they are being
+    measured (the first call starts that in the background once the model has loaded; the result is cached on disk)
+    or when they cannot be (e.g. an LQ-LoRA run, whose adapter belongs to its own configuration)."""
     if not model_ready():
-        return None
+        return None, "they are measured once the model has loaded"
     folder = Path(folder)
     jobs = _preset_jobs()
     key = (str(folder.resolve()), _stamp(folder) if folder.is_dir() else ())
@@ -104,7 +119,11 @@ def preset_points(folder: str | Path) -> Optional[dict]:
         presets = {name: preset(name) for name in plots.preset_bits()}
         jobs[key] = jobs["pool"].submit(ex.preset_losses, folder, presets)
     job = jobs[key]
-    return job.result() if job.done() and job.exception() is None else None
+    if not job.done():
+        return None, "they are being measured in the background"
+    if job.exception() is not None:
+        return None, f"they could not be measured ({job.exception()})"
+    return job.result(), ""
 
 
 def known_runs() -> list[Path]:
@@ -130,7 +149,10 @@ def _label(path: Path) -> str:
 
 def sidebar() -> None:
     """Model facts, the run to show and the run to compare with; sets ``run`` / ``compare`` in session state."""
-    if model_ready():
+    problem = load_error()
+    if problem is not None:
+        st.sidebar.error(problem)
+    elif model_ready():
         ex = explorer()
         st.sidebar.markdown(f"**Model** `{ex.layout.model_id}`  \n{len(ex.layout)} target matrices, "
                             f"{ex.layout.full_size_bytes / 2**20:.0f} MiB unquantized")

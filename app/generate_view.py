@@ -55,7 +55,9 @@ def render() -> None:
 def _budget_slider(ex, config) -> None:
     """The allocator's budget, shared with every page: drag it and press Generate to read the trade-off."""
     first, last = budget_bounds(ex)
-    if st.session_state.get("gen_budget_for") != config.key():  # the selection changed elsewhere: follow it
+    # Follow the selection when it changed elsewhere, or when Streamlit dropped the slider's state (it does for the
+    # widgets of a page that was not shown).
+    if st.session_state.get("gen_budget_for") != config.key() or "gen_budget" not in st.session_state:
         st.session_state["gen_budget"] = min(max(round(round(config.avg_bits / BUDGET_STEP) * BUDGET_STEP, 2), first),
                                              last)
         st.session_state["gen_budget_for"] = config.key()

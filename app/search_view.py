@@ -87,7 +87,7 @@ def _round_panel(folder: str, playing: bool) -> None:
     history = view.history_at(r)
     picked = st.session_state.get("picked")
     picked_id = picked["id"] if picked and picked.get("run") == str(view.folder) else None
-    stars = preset_points(folder)
+    stars, why_not = preset_points(folder)
     fig = plots.search_figure(history, view.segment_edges(), plots.preset_bits(), f"round {r} ({modes.get(r, '')})",
                               picked_id, preset_points=stars)
     event = st.plotly_chart(fig, key=f"front_{r}", on_select="rerun", selection_mode="points")
@@ -104,8 +104,8 @@ def _round_panel(folder: str, playing: bool) -> None:
                    f"you choose “picked point”.")
     st.caption(f"Round {r}: {int(history['selected'].sum())} of {len(history)} configurations in the training set. "
                + ("Stars: the uniform presets under the run's final adapter (measured once per run on the same probe "
-                  "windows)." if stars else "Dashed lines: the uniform presets' bits (their probe loss under the "
-                  "run's adapter is measured in the background once the model has loaded)."))
+                  "windows)." if stars else f"Dashed lines: the uniform presets' bits (their probe loss under the "
+                  f"run's adapter: {why_not})."))
 
 
 render()

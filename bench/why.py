@@ -37,8 +37,13 @@ from coa_lora.lora.diagnose import correction_spread
 from coa_lora.storage import write_json
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+def _mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample sd over seeds; one seed has no sd (None: JSON null, "–" in the report)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _f(sd: float | None, digits: int) -> str:
+    return "–" if sd is None else f"{sd:.{digits}f}"
 
 
 def _deltas(coa) -> dict[str, torch.Tensor]:
@@ -100,7 +105,7 @@ def spread(wb: Workbench, compare_folders: list[Path]) -> dict:
     print("\nper module kind, mean ± sd over seeds:")
     print(f"{'kind':10s} {'‖Ū‖/‖I‖':>16s} {'spread U/‖I‖':>16s} {'config share':>16s} {'‖ΔW‖/‖W‖':>16s}")
     for kind, cols in by_kind.items():
-        print(f"{kind:10s} " + " ".join(f"{m:8.4f} ± {s:5.4f}" for m, s in
+        print(f"{kind:10s} " + " ".join(f"{m:8.4f} ± {_f(s, 4):>6s}" for m, s in
                                        (cols[c] for c in ("u_mean", "u_spread", "config_share", "delta_to_weight"))))
     print("config share per layer: " + " ".join(f"{layer}:{statistics.fmean(v):.3f}" for layer, v in sorted(layer_rows.items())))
     measured = {
@@ -149,7 +154,7 @@ def repair(wb: Workbench, compare_folders: list[Path]) -> dict:
             kl = _mean_sd((part["kl"] / base.loc[budget, "kl"]).tolist())
             ppl = _mean_sd((part["perplexity"] / reference).tolist())
             table[f"{method}@{budget:g}"] = {"kl_remaining": kl, "ppl_over_unquantized": ppl, "n": len(part)}
-            print(f"{method:8s} {budget:5g} {kl[0]:8.3f} ± {kl[1]:5.3f} {ppl[0]:10.3f} ± {ppl[1]:5.3f}  {len(part)}")
+            print(f"{method:8s} {budget:5g} {kl[0]:8.3f} ± {_f(kl[1], 3):>5s} {ppl[0]:10.3f} ± {_f(ppl[1], 3):>5s}  {len(part)}")
             if budget in (min(budgets), max(budgets)) and method in ("qlora", "coa"):
                 for name, (m, sd) in ((f"KL / base KL, {method} at {budget:g} bits", kl),
                                       (f"perplexity / unquantized, {method} at {budget:g} bits", ppl)):
@@ -178,10 +183,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="a comparison folder whose why.json gets this factor (its RESULTS.md "
                         "and `compare --merge ... --report` then show it)")
     args = parser.parse_args()
+    why = read_why(args.out) if args.out is not None else {}  # a bad why.json is refused before the long part
     wb = Workbench.load(args.model)
     entry = {**FACTORS[args.factor](wb, args.compare), "command": "python bench/why.py " + " ".join(sys.argv[1:])}
     if args.out is not None:
-        why = read_why(args.out)
         write_json(args.out / WHY_FILE, {**why, args.factor: entry})
     print(json.dumps({"factor": args.factor, **entry}))
 

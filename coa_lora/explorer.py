@@ -269,10 +269,12 @@ class Explorer:
 
     def cached(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
                limit: Optional[int] = None) -> Optional[Result]:
-        """The stored result, or None; never evaluates (it may load the run's adapter to know its key, for which it
-        waits for the model; without a run it answers at once, even while another job holds the model)."""
-        if run is None:
-            return self.evaluator.cached(task, config, None, limit)
-        with self.lock:
-            key = self.adapter(run).fingerprint()
+        """The stored result, or None; never evaluates and never waits: while another job holds the model it answers
+        None (the key of a run's result needs its adapter loaded, and a perplexity key the shared tokenizer)."""
+        if not self.lock.acquire(timeout=0):
+            return None
+        try:
+            key = self.adapter(run).fingerprint() if run is not None else None
             return self.evaluator.cached(task, config, key, limit)
+        finally:
+            self.lock.release()

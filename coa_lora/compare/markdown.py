@@ -56,7 +56,7 @@ def _why_lines(why: dict) -> list[str]:
 
 
 def _sd(sd) -> str:
-    return "–" if sd is None else f"{sd:.2g}"
+    return "–" if sd is None or sd != sd else f"{sd:.2g}"  # one seed: no sd (None, or NaN from older files)
 
 
 def _cell(cells: dict, method: str, budget: float, metric: str, digits: int) -> str:

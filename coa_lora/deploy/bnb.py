@@ -38,14 +38,14 @@ def bitsandbytes_works(device: str) -> bool:
         import bitsandbytes as bnb
         import bitsandbytes.functional as F
 
-        weight = torch.linspace(-1, 1, 64 * 2).reshape(2, 64)
+        weight = torch.linspace(-1, 1, 64 * 32, device=device).reshape(32, 64)
         packed, state = F.quantize_4bit(weight, blocksize=BNB_BLOCK, quant_type="nf4")
-        layer = bnb.nn.Linear4bit(64, 2, bias=False, compute_dtype=torch.float32, quant_type="nf4")
+        layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4", device=device)
+        layer.support_avx512bf16_for_cpu = False  # see linear4bit
         layer.weight = bnb.nn.Params4bit(packed, requires_grad=False, quant_state=state, blocksize=BNB_BLOCK,
                                          quant_type="nf4", bnb_quantized=True)
-        x = torch.ones(1, 64)
-        got = layer.to(device)(x.to(device)).cpu()
-        return bool(torch.allclose(got, x @ F.dequantize_4bit(packed, state).T, atol=1e-4))
+        x = torch.ones(1, 64, device=device)
+        return bool(torch.allclose(layer(x), x @ F.dequantize_4bit(packed, state).T, atol=1e-4))
     except Exception:  # no package, no backend for this device, or a backend that computes something else
         return False
 
@@ -70,6 +70,9 @@ def linear4bit(layer: PackedLinear, dtype: torch.dtype) -> nn.Module:
                          dtype=dtype)
     out = bnb.nn.Linear4bit(layer.in_features, layer.out_features, bias=False, compute_dtype=dtype,
                             quant_type="nf4", device=device)
+    # On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks the weight in place on its first forward (a copy in
+    # another layout, and only for out_features % 32 == 0): the codes would stop being shared.
+    out.support_avx512bf16_for_cpu = False
     out.weight = bnb.nn.Params4bit(layer.codes.reshape(-1, 1), requires_grad=False, quant_state=state,
                                    blocksize=BNB_BLOCK, quant_type="nf4", bnb_quantized=True)
     return out

@@ -56,6 +56,12 @@ class PackedLinear(nn.Module):
             held.append(self.kernel.weight.quant_state.absmax)
         return sum(t.numel() * t.element_size() for t in held)
 
+    def _apply(self, fn, recurse: bool = True):
+        # A move or cast (model.to, .cuda(), .half()) copies the codes; a kernel built on the old ones would compute
+        # on stale memory of another device, so it is dropped (load_packed maps kernels after its own move).
+        object.__setattr__(self, "kernel", None)
+        return super()._apply(fn, recurse)
+
     def set_kernel_(self, kernel: nn.Module | None) -> PackedLinear:
         """Compute ``x @ Wᵀ`` with ``kernel`` (it must use this layer's weight; None: dequantize in the forward)."""
         object.__setattr__(self, "kernel", kernel)

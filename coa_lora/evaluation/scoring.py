@@ -143,7 +143,8 @@ def evaluate_task(
         should_stop: checked between batches; True raises :class:`~coa_lora.evaluation.loglik.EvaluationCancelled`.
         on_items: given, the items are scored ``chunk_items`` at a time in the task's order, and ``on_items`` gets the
             result over the items scored so far after each chunk (a running accuracy over a prefix of the task, not
-            over whichever items happen to batch first). The final result is the same items with the same scores.
+            over whichever items happen to batch first). The final result holds the same items; their scores equal
+            an unchunked run's up to float rounding (requests are packed into batches per chunk).
     """
     encoded = encode_task(tokenizer, task, max_length(model, tokenizer))
     total = sum(len(pairs) for pairs in encoded)
@@ -173,7 +174,8 @@ def paired_difference(a: TaskResult, b: TaskResult) -> tuple[float, float, float
 
     ``difference`` is acc(b) - acc(a); its standard error is paired by item (the per-item differences' sample sd over
     √n, the same items answered by both); ``items needed`` is how many items would put the observed difference at two
-    standard errors at this per-item spread (inf when the difference is 0 or the spread unknown).
+    standard errors at this per-item spread (inf when the difference is 0 or the spread unknown; 2 when every item
+    moved the same way, which no spread blurs).
     """
     if a.n != b.n or any(x.context != y.context for x, y in zip(a.items, b.items)):
         raise ValueError(f"The two results cover different items ({a.n} vs {b.n}); evaluate both with one limit.")

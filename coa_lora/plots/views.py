@@ -221,9 +221,12 @@ def differences_frame(results: Mapping[str, Mapping[str, object]], baseline: str
             if n < 2:
                 continue
             a, b = (summarize(task, list(r.items[:n])) for r in (base, other))
-            difference, stderr, needed = paired_difference(a, b)
+            try:
+                difference, stderr, needed = paired_difference(a, b)
+            except ValueError:  # a task file edited between the two results: not the same items
+                continue
             rows.append({"task": task, "column": column, "n": n, "difference": 100 * difference,
-                         "stderr": 100 * stderr, "separated": abs(difference) >= 2 * stderr > 0,
+                         "stderr": 100 * stderr, "separated": difference != 0 and abs(difference) >= 2 * stderr,
                          "items_needed": needed})
     return pd.DataFrame(rows, columns=["task", "column", "n", "difference", "stderr", "separated", "items_needed"])
 

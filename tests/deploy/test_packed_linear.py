@@ -83,6 +83,9 @@ def test_nf4_blocks_of_64_run_on_bitsandbytes_linear4bit_with_our_weights_and_co
     assert torch.equal(F.dequantize_4bit(kernel.weight, kernel.weight.quant_state), layer.dequantized_weight())
     layer.set_kernel_(kernel)
     torch.testing.assert_close(layer(x), want, rtol=0, atol=1e-6)
+    assert layer.to(torch.float64).kernel is None  # a move or cast copies the codes: the kernel is dropped, not stale
+    torch.testing.assert_close(layer(x.double()), want.double(), rtol=0, atol=1e-6)
+    layer = layer.to(torch.float32).set_kernel_(linear4bit(layer.to(torch.float32), torch.float32))
     assert layer.nbytes == sum(getattr(layer, p).nbytes for p in ("codes", "scale_codes", "group_max", "offset")) + \
         layer.bias.nbytes + kernel.weight.quant_state.absmax.nbytes  # the float32 absmax is the mapping's cost
     # Rows that are not whole blocks stay with our decode (bitsandbytes' CPU round trip is wrong there); so do 3 bits.

@@ -173,3 +173,8 @@ def test_differences_are_paired_on_the_items_both_columns_have():
     assert row["n"] == 4 and row["difference"] == pytest.approx(-50.0)  # 3/4 right on the first four, then 1/4
     assert row["stderr"] == pytest.approx(100 * (1 / 3) ** 0.5 / 2)  # differences (-1, 0, 0, -1): sd sqrt(1/3)
     assert not row["separated"] and row["items_needed"] == 6
+    # Every item moved the same way: no spread blurs it, so it is separated at any n >= 2.
+    results = {"reference": {"t": result([1, 1, 1, 1])}, "base": {"t": result([0, 0, 0, 0])}}
+    row = plots.differences_frame(results, "reference").iloc[0]
+    assert row["difference"] == pytest.approx(-100.0) and row["stderr"] == 0
+    assert row["separated"] and row["items_needed"] == 2
