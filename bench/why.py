@@ -18,6 +18,18 @@ adapted to the text beyond what the unquantized model knows.
 
     python bench/why.py --factor repair --compare runs/compare-smollm2-a runs/compare-smollm2-b --out data/compare/smollm2
 
+Factor ``arms`` (training): CoA-LoRA with one setting changed at a time, the search off so each arm is one plain
+training, at the budgets where the damage is largest (2.5 and 3.0 bits trained by per-configuration LoRA, 2.75
+unseen). Each arm is a small comparison of its own (``runs/why/<arm>``: resumable, its runs ordinary run folders);
+its effect is 100·ln(metric_arm / metric_default) paired by seed, mean ± sd, for held-out perplexity and KL, and,
+with ``--compare``, the gap to the comparison's per-configuration LoRA of the same seeds before and after:
+
+    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms default,kd --seeds 0,1,2 --out data/compare/smollm2 \
+        --compare runs/compare-smollm2-a runs/compare-smollm2-b &
+    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 --out data/compare/smollm2 \
+        --compare runs/compare-smollm2-a runs/compare-smollm2-b &
+    python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 --no-train ...   # report once default ended
+
 Last line: one JSON object.
 """
 from __future__ import annotations
@@ -33,6 +45,7 @@ import torch
 from coa_lora import Workbench, load_trained
 from coa_lora.compare import read_why
 from coa_lora.compare.report import WHY_FILE
+from coa_lora.lora import even_budgets
 from coa_lora.lora.diagnose import correction_spread
 from coa_lora.storage import write_json
 
@@ -171,24 +184,137 @@ def repair(wb: Workbench, compare_folders: list[Path]) -> dict:
             "measured": measured, "finding": finding, "reference_perplexity": reference, "table": table}
 
 
+# One change each against the default arm (CoA-LoRA, search off, the comparison's steps, rank and initial set).
+ARMS = {
+    "default": ({}, "the reference arm"),
+    "kd": ({"train": {"objective": "kd"}}, "Distillation toward the unquantized model instead of the text's "
+                                         "next-token loss: does repairing damage, not adapting, close the gap?"),
+    "steps-2x": ({"steps": 120}, "Twice the steps: CoA-LoRA spreads its steps over the set, a per-configuration "
+                                 "LoRA spends all of them on one configuration."),
+    "steps-4x": ({"steps": 240}, "Four times the steps."),
+    "rank-16": ({"rank": 16}, "Capacity: rank 16 (U is 16 x 16)."),
+    "rank-64": ({"rank": 64}, "Capacity: rank 64, the official code's."),
+    "init-50": ({"set_budgets": even_budgets(n=50)}, "The official code's 50 initial configurations instead of 10."),
+    "stratified": ({"train": {"draws": "stratified"}}, "Draws: every initial configuration keeps its share."),
+}
+ARM_BUDGETS, ARM_UNSEEN = (2.5, 3.0), (2.75,)
+
+
+def arm_plan(model: str, arm: str, seeds: tuple[int, ...]):
+    """The arm's comparison plan: CoA-LoRA only, search off, evaluated at 2.5, 2.75 and 3.0 bits (held-out
+    perplexity and KL; no zero-shot task, whose standard error at 40 items separates nothing here)."""
+    import dataclasses
+
+    from coa_lora.compare import ComparePlan
+
+    base = ComparePlan.quick() if model == "tiny" else ComparePlan()
+    changes, _ = ARMS[arm]
+    train = {**dict(base.train), **changes.get("train", {})}
+    other = {k: v for k, v in changes.items() if k != "train"}
+    return dataclasses.replace(base, methods=("coa",), search="off", seeds=seeds, tasks=(), budgets=ARM_BUDGETS,
+                               unseen=ARM_UNSEEN, train=tuple(train.items()), **other)
+
+
+def _paired(a, b, metric: str) -> dict[float, tuple[float, float | None, int]]:
+    """Per budget: 100·ln(a / b) of ``metric`` paired by seed → (mean, sd, n)."""
+    import math
+
+    out = {}
+    for budget in sorted(set(a["budget"])):
+        x = a[a["budget"] == budget].set_index("seed")[metric]
+        y = b[b["budget"] == budget].set_index("seed")[metric]
+        seeds = sorted(set(x.index) & set(y.index))
+        if seeds:
+            values = [100 * math.log(x[s] / y[s]) for s in seeds]
+            out[budget] = (*_mean_sd(values), len(values))
+    return out
+
+
+def arms(wb: Workbench, args) -> dict:
+    """Train the listed arms (unless --no-train), then each arm's effect against the default arm."""
+    import pandas as pd
+
+    from coa_lora.compare import run_comparison
+    from coa_lora.progress import tqdm_progress
+
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    names = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"Unknown arm {unknown[0]!r}; choose from {', '.join(ARMS)}.")
+    if not args.no_train:
+        for arm in names:
+            with tqdm_progress(f"arm {arm}") as progress:
+                run_comparison(arm_plan(args.model, arm, seeds), args.root / arm, wb=wb, progress=progress,
+                               command="python bench/why.py " + " ".join(sys.argv[1:]))
+    results = {}
+    for arm in ["default", *names]:
+        path = args.root / arm / "results.csv"
+        if path.is_file():
+            rows = pd.read_csv(path)
+            results[arm] = rows[rows["method"] == "coa"]
+    if "default" not in results:
+        raise SystemExit(f"The default arm has no results in {args.root / 'default'} yet; train it (--arms default).")
+    reference = None
+    if args.compare:
+        rows = pd.concat([pd.read_csv(f / "results.csv") for f in args.compare], ignore_index=True)
+        reference = rows[rows["method"] == "qlora"]  # per-configuration LoRA, same seeds, budgets and windows
+    entries = {}
+    for arm in [a for a in names if a != "default" and a in results]:
+        measured = {}
+        for metric, label in (("perplexity", "ppl"), ("kl", "KL")):
+            for budget, (m, sd, n) in _paired(results[arm], results["default"], metric).items():
+                measured[f"100·ln({label} {arm} / default) at {budget:g} bits"] = {"mean": m, "sd": sd, "n": n}
+        if reference is not None:
+            for who, rows in (("default", results["default"]), (arm, results[arm])):
+                for budget, (m, sd, n) in _paired(rows, reference, "perplexity").items():
+                    measured[f"100·ln(ppl {who} / per-config LoRA) at {budget:g} bits"] = {"mean": m, "sd": sd,
+                                                                                          "n": n}
+        def clear(label: str, sign: int) -> int:
+            """Budgets where the arm is clearly better (sign -1) or worse (+1): |mean| beyond its standard error."""
+            return sum(1 for k, v in measured.items() if k.startswith(f"100·ln({label} {arm} /") and v["sd"]
+                       is not None and sign * v["mean"] - v["sd"] / v["n"] ** 0.5 > 0)
+        print(f"\narm {arm} against default, mean ± sd over seeds:")
+        for k, v in measured.items():
+            print(f"  {k}: {v['mean']:+.2f} ± {_f(v['sd'], 2)} (n = {v['n']})")
+        entries[f"arm {arm}"] = {
+            "question": ARMS[arm][1], "measured": measured,
+            "finding": (f"Against the default arm, over {len(ARM_BUDGETS) + len(ARM_UNSEEN)} budgets: held-out "
+                        f"perplexity clearly better at {clear('ppl', -1)}, clearly worse at {clear('ppl', 1)}; KL "
+                        f"clearly better at {clear('KL', -1)}, clearly worse at {clear('KL', 1)} (clearly: the mean "
+                        "beyond its standard error over seeds)."),
+        }
+    return entries
+
+
 FACTORS = {"spread": spread, "repair": repair}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--factor", choices=sorted(FACTORS), default="spread")
+    parser.add_argument("--factor", choices=sorted(FACTORS) + ["arms"], default="spread")
+    parser.add_argument("--arms", default="default", help=f"arms to train and report: {', '.join(ARMS)}")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the arms (the comparison's, for pairing)")
+    parser.add_argument("--root", type=Path, default=Path("runs/why"), help="where the arms' comparisons go")
+    parser.add_argument("--no-train", action="store_true", help="report arms already trained, train nothing")
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--compare", nargs="+", type=Path, required=True,
+    parser.add_argument("--compare", nargs="+", type=Path, default=[],
                         help="comparison folders (python -m coa_lora compare --out) holding the adapters")
     parser.add_argument("--out", type=Path, help="a comparison folder whose why.json gets this factor (its RESULTS.md "
                         "and `compare --merge ... --report` then show it)")
     args = parser.parse_args()
     why = read_why(args.out) if args.out is not None else {}  # a bad why.json is refused before the long part
     wb = Workbench.load(args.model)
-    entry = {**FACTORS[args.factor](wb, args.compare), "command": "python bench/why.py " + " ".join(sys.argv[1:])}
+    command = "python bench/why.py " + " ".join(sys.argv[1:])
+    if args.factor == "arms":
+        entries = {k: {**v, "command": command} for k, v in arms(wb, args).items()}
+    else:
+        if not args.compare:
+            raise SystemExit(f"--factor {args.factor} reads a comparison's adapters or results: pass --compare.")
+        entries = {args.factor: {**FACTORS[args.factor](wb, args.compare), "command": command}}
     if args.out is not None:
-        write_json(args.out / WHY_FILE, {**why, args.factor: entry})
-    print(json.dumps({"factor": args.factor, **entry}))
+        write_json(args.out / WHY_FILE, {**why, **entries})
+    print(json.dumps(entries))
 
 
 if __name__ == "__main__":
