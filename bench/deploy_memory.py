@@ -6,7 +6,8 @@ load and the unquantized model, each measured in its own fresh process.
     python bench/deploy_memory.py --bits 3 nf4             # nf4: uniform NF4/B64 with 8-bit scales (QLoRA's format)
 
 For each budget the allocator's configuration is exported once (artifacts/deploy_memory/<model>-<bits>bits). Each
-measurement process loads one model, then runs a 256-token forward and a greedy generation of 64 new tokens; it
+measurement process loads one model, then runs a 256-token forward and a greedy generation of 64 new tokens
+(``--new-tokens``); it
 reports RSS after loading, its peak RSS after the forward (VmHWM of /proc/self/status: the load itself included; not
 ru_maxrss, which Linux carries over from the parent across fork and exec), and tokens/s of the generation. The parent
 holds no model while the measurements run (the exports are made in a child process too).
@@ -45,8 +46,8 @@ def export(model_name: str, bits: str, folder: Path) -> None:
     save_packed(wb, config, folder)
 
 
-def measure(model_name: str, folder: str, mode: str) -> dict:
-    """In this (fresh) process: load, forward 256 tokens, generate 64; memory in MiB, speed in tokens/s."""
+def measure(model_name: str, folder: str, mode: str, new_tokens: int = 64) -> dict:
+    """In this (fresh) process: load, forward 256 tokens, generate ``new_tokens``; memory in MiB, speed in tokens/s."""
     import psutil
     import torch
 
@@ -67,11 +68,11 @@ def measure(model_name: str, folder: str, mode: str) -> dict:
         model(input_ids=ids)
         peak = _vm_hwm_mib()
         t0 = time.perf_counter()
-        out = model.generate(ids[:, :16], max_new_tokens=64, min_new_tokens=64, do_sample=False)
+        out = model.generate(ids[:, :16], max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
         gen_s = time.perf_counter() - t0
-    assert out.shape[1] == 80
+    assert out.shape[1] == 16 + new_tokens
     return {"mode": mode, "load_s": load_s, "rss_loaded_mib": rss_loaded, "peak_rss_mib": peak,
-            "tokens_per_s": 64 / gen_s}
+            "tokens_per_s": new_tokens / gen_s}
 
 
 def main() -> None:
@@ -79,11 +80,12 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--bits", nargs="+", default=["2.5", "3", "4"],
                         help="budgets in bits, or nf4 for a uniform NF4/B64 configuration")
+    parser.add_argument("--new-tokens", type=int, default=64, help="greedy tokens generated per measurement")
     parser.add_argument("--measure", nargs=2, metavar=("FOLDER", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--export", nargs=2, metavar=("BITS", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.model, *args.measure)))
+        print(json.dumps(measure(args.model, *args.measure, new_tokens=args.new_tokens)))
         return
     if args.export:
         export(args.model, args.export[0], Path(args.export[1]))
@@ -100,7 +102,8 @@ def main() -> None:
         summary = read_summary(folder)
         for mode in MODES:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-            done = subprocess.run([sys.executable, __file__, "--model", args.model, "--measure", str(folder), mode],
+            done = subprocess.run([sys.executable, __file__, "--model", args.model, "--measure", str(folder), mode,
+                                   "--new-tokens", str(args.new_tokens)],
                                   check=True, capture_output=True, text=True, env=env)
             row = {"bits": bits, "disk_mib": summary.size_bytes / 2**20, **json.loads(done.stdout.splitlines()[-1])}
             rows.append(row)
