@@ -209,11 +209,14 @@ def merge_results(folders, out: str | os.PathLike, command: str) -> Comparison:
     rows = pd.concat([base, rows[rows.method != "base"]], ignore_index=True)
     runs = pd.concat([r for _, _, r, _ in parts], ignore_index=True)
     plan = ComparePlan.from_dict({**plans[0].to_dict(), "seeds": sorted(set().union(*seeds))})
+    trained = set(runs["run"]) if "run" in runs else set()
     state = {"runs": {r["run"]: {k: v for k, v in r.items() if k != "run"} for r in runs.to_dict("records")},
              "machine": parts[0][3].get("machine"),
              "estimate_seconds": max(s["estimate_seconds"] for _, _, _, s in parts),
              "elapsed_seconds": max(s["actual_seconds"] for _, _, _, s in parts),  # they ran side by side
-             "finished": all(s.get("finished") for _, _, _, s in parts)}
+             # Finished when every adapter of the merged plan is in (a folder stopped once another one took over
+             # its last seed is not finished by itself, but the merge is).
+             "finished": all(spec.name in trained for spec in plan.runs())}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     comparison = Comparison(plan, out, rows.to_dict("records"), state)
