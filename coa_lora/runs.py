@@ -33,12 +33,12 @@ _OPTIM_PREFIX = "optim."
 
 
 def library_versions() -> dict[str, str]:
-    import peft
-    import safetensors
-    import transformers
+    # Read from the installed distributions: importing peft for its version imports bitsandbytes, whose kernel
+    # registration costs 3 s (measured) in a process that does not otherwise need it.
+    from importlib.metadata import version
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "safetensors": safetensors.__version__}
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            **{name: version(name) for name in ("transformers", "peft", "safetensors")}}
 
 
 @dataclass(frozen=True)

@@ -151,15 +151,46 @@ def write_grid(path: Path, grid: AllocationGrid, table_key: str, step: float) ->
                       {"version": GRID_VERSION, "table": table_key, "step": f"{step:g}"})
 
 
+def live_path(cache: Path, table_key: str) -> Path:
+    """Where the live answers of the damage table ``table_key`` are kept (see :class:`GridAllocator`)."""
+    return cache / f"live-{table_key}.safetensors"
+
+
+def read_live(path: Path, layout) -> list[Allocation]:
+    """The proven-optimal answers saved at ``path`` for ``layout``; [] when missing or unreadable (never trusted)."""
+    try:
+        t, meta = read_safetensors(path)
+        if meta.get("version") != GRID_VERSION or t["options"].shape[1] != len(layout):
+            return []
+        return [Allocation(b, ModelConfig.from_option_indices(layout, o), d)
+                for b, o, d in zip(t["budgets"].tolist(), t["options"].long(), t["damage"].tolist())]
+    except (ValueError, KeyError):
+        return []
+
+
+def write_live(path: Path, answers: list[Allocation]) -> None:
+    """Save the proven-optimal ``answers`` with those already at ``path`` (another process may have added some)."""
+    exact = {round(a.budget, 9): a for a in read_live(path, answers[0].config.layout) + answers if a.exact}
+    if exact:
+        rows = [exact[b] for b in sorted(exact)]
+        write_safetensors(path, {"budgets": torch.tensor([a.budget for a in rows], dtype=torch.float64),
+                                 "options": torch.stack([a.config.option_indices() for a in rows]).to(torch.int16),
+                                 "damage": torch.tensor([a.damage for a in rows], dtype=torch.float64)},
+                          {"version": GRID_VERSION, "kind": "live answers"})
+
+
 class GridAllocator:
     """An :class:`~coa_lora.Allocator` answered from an :class:`AllocationGrid` whenever that is exact.
 
     Without a grid (a model nobody prepared one for) every budget is solved live once; each live answer then covers
-    the budgets below it by the same rule, so a slider that moves back and forth soon stops solving."""
+    the budgets below it by the same rule, so a slider that moves back and forth soon stops solving. With ``store``
+    (a file, see :func:`live_path`) the proven-optimal live answers are kept on disk too, so the next process on the
+    machine (the next training's search grid, the next explorer) does not solve them again: 17 budgets of a search
+    grid cost 12-25 s even on the tiny model."""
 
-    def __init__(self, allocator: Allocator, grid: Optional[AllocationGrid] = None):
-        self.allocator, self.grid = allocator, grid
-        self._live: list[Allocation] = []
+    def __init__(self, allocator: Allocator, grid: Optional[AllocationGrid] = None, store: Optional[Path] = None):
+        self.allocator, self.grid, self.store = allocator, grid, store
+        self._live: list[Allocation] = read_live(store, allocator.layout) if store is not None else []
         self.live = 0  # answers that needed a live solve (for the bench and the tests)
 
     @property
@@ -185,4 +216,6 @@ class GridAllocator:
         self.live += 1
         answer = self.allocator.allocate(budget)
         self._live.append(answer)
+        if self.store is not None and answer.exact:
+            write_live(self.store, [answer])
         return answer

@@ -120,8 +120,10 @@ class Workbench:
                        solve_grid: bool = False):
         """The allocator answered from the pre-solved allocation grid (:mod:`coa_lora.configs.allocation_grid`): shipped
         for the embedded model, made by ``python -m coa_lora prepare`` or, with ``solve_grid``, solved now and saved.
-        Without a grid on disk every budget is solved live once and remembered. Answers equal :meth:`allocate`'s."""
-        from coa_lora.configs.allocation_grid import GridAllocator, install_shipped, load_grid, load_or_solve_grid
+        Without a grid on disk every budget is solved live once and remembered, on disk too (the next run or explorer
+        on this machine reads it). Answers equal :meth:`allocate`'s."""
+        from coa_lora.configs.allocation_grid import (GridAllocator, install_shipped, live_path, load_grid,
+                                                      load_or_solve_grid)
         from coa_lora.models.assets import cache_dir
 
         held = self._grids.get(weighting)
@@ -132,7 +134,8 @@ class Workbench:
             folder = cache_dir() / "allocations"
             grid = (load_or_solve_grid(allocator, table.key, folder, progress=progress) if solve_grid
                     else load_grid(table.key, folder, len(self.layout)))
-            held = self._grids[weighting] = GridAllocator(allocator, grid)
+            store = None if grid is not None else live_path(folder, table.key)
+            held = self._grids[weighting] = GridAllocator(allocator, grid, store)
         return held
 
     def allocate(

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from coa_lora import Allocator, Workbench
-from coa_lora.configs.allocation_grid import (GridAllocator, grid_budgets, grid_path, install_shipped, load_grid,
-                                              shipped_dir, solve_grid, write_grid)
+from coa_lora.configs.allocation_grid import (GridAllocator, grid_budgets, grid_path, install_shipped, live_path,
+                                              load_grid, read_live, shipped_dir, solve_grid, write_grid)
 
 
 def test_grid_budgets_are_the_step_multiples_inside_the_range():
@@ -56,3 +56,23 @@ def test_shipped_tables_and_grids_install_whole_once(tmp_path):
     assert all(dst.read_bytes() == (shipped_dir() / dst.name).read_bytes() for dst in copied)
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and p not in copied]  # no temporary file left behind
     assert install_shipped(tmp_path) == []  # present files are kept, not rewritten
+
+
+def test_live_answers_are_kept_on_disk_for_the_next_process(tiny, tmp_path):
+    wb, _ = tiny
+    store = live_path(tmp_path, wb.damage_table().key)
+    first = GridAllocator(wb.allocator(), store=store)
+    answers = {b: first.allocate(b) for b in (3.3, 4.6)}
+    assert first.live == 2 and store.is_file()
+    again = GridAllocator(wb.allocator(), store=store)  # as a new process would build it: nothing solved
+    for b, a in answers.items():
+        got = again.allocate(b)
+        assert got.config.key() == a.config.key() and got.damage == a.damage
+    # The saved answers cover the budgets below them by the grid's rule (exact there too): still no solve.
+    lower = again.allocate(answers[4.6].avg_bits)
+    assert again.live == 0 and lower.config.key() == answers[4.6].config.key()
+    # A third allocator adds its answer to the file, not over it.
+    GridAllocator(wb.allocator(), store=store).allocate(2.9)
+    assert sorted(a.budget for a in read_live(store, wb.layout)) == [2.9, 3.3, 4.6]
+    store.write_bytes(b"not a safetensors file")
+    assert read_live(store, wb.layout) == [] and GridAllocator(wb.allocator(), store=store).allocate(3.3).exact
