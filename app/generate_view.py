@@ -28,12 +28,22 @@ def render() -> None:
     st.markdown(f"**Configuration:** {label} — the Instantiate page offers the run's searched set too.")
     example = st.selectbox("Example prompt", list(EXAMPLES), key="gen_example")
     prompt = st.text_area("Prompt", EXAMPLES[example][0], key=f"gen_prompt_{example}", height=80)
-    c1, c2, c3, c4 = st.columns(4)
+    c1, c2, c3, c4, c5 = st.columns(5)
     chat = c1.toggle("Instruction (chat template)", EXAMPLES[example][1], key=f"gen_chat_{example}")
     sample = c2.toggle("Sample (off: greedy)", False, key="gen_sample")
     max_new = c3.number_input("New tokens", 1, 256, 48, key="gen_max")
     seed = c4.number_input("Seed", 0, 10_000, 0, key="gen_seed", disabled=not sample)
-    columns = model_columns()
+    deploy = c5.toggle("Deployed (packed) column", False, key="gen_deploy",
+                       help="Export the configuration (with the run's adapter folded in) as a packed folder and "
+                            "generate with it loaded back packed, as a device would run it: the same text, at the "
+                            "packed runtime's speed. The first time for a configuration exports it (seconds).")
+    columns = {label: (quantized, run, False) for label, (quantized, run) in model_columns().items()}
+    sources = {}
+    if deploy:
+        source = next((label for label, (_, run, _) in columns.items() if run is not None),
+                      "quantized base (no adapter)")
+        deployed = f"deployed, packed · {'adapter folded' if columns[source][1] else 'no adapter'}"
+        columns[deployed], sources[deployed] = (True, columns[source][1], True), source
     job: Job | None = st.session_state.get("gen_job")
     running = job is not None and not job.snapshot()["finished"]
     if st.button("Generate", type="primary", disabled=running, key="gen_run"):
@@ -49,7 +59,7 @@ def render() -> None:
         start_thread(job, lambda j: _generate(ex, config, ids, options, columns, j))
         running = True
     if job is not None:
-        st.fragment(_panel, run_every=0.5 if running else None)(list(columns), running)
+        st.fragment(_panel, run_every=0.5 if running else None)(list(columns), running, sources)
 
 
 def _budget_slider(ex, config) -> None:
@@ -74,7 +84,7 @@ def _budget_slider(ex, config) -> None:
 def _generate(ex, config, ids, options, columns: dict, job: Job) -> dict:
     """In the job's thread: one column after another, tokens published to ``job.result`` as they come."""
     results = job.result
-    for i, (label, (quantized, run)) in enumerate(columns.items()):
+    for i, (label, (quantized, run, deployed)) in enumerate(columns.items()):
         def on_token(tokens, label=label, i=i):
             with job.lock:
                 results[label] = {"tokens": tokens, "done": False}
@@ -85,14 +95,17 @@ def _generate(ex, config, ids, options, columns: dict, job: Job) -> dict:
             job.progress(job.done, job.total, f"{label}: waiting for the model, {ahead} job(s) of other sessions "
                                               "ahead")
 
-        out = ex.generate(ids, config if quantized else None, run, options, on_token, job.stop.is_set, waiting)
+        if deployed:
+            job.progress(job.done, job.total, f"{label}: exporting the configuration packed and loading it back")
+        out = ex.generate(ids, config if quantized else None, run, options, on_token, job.stop.is_set, waiting,
+                          deployed=deployed)
         with job.lock:
             results[label] = {"tokens": out.tokens, "pieces": out.pieces, "logprobs": out.reference_logprobs,
                               "tokens_per_s": out.tokens_per_s, "done": True}
     return results
 
 
-def _panel(labels: list[str], polling: bool) -> None:
+def _panel(labels: list[str], polling: bool, sources: dict[str, str]) -> None:
     job: Job = st.session_state["gen_job"]
     snap = job.snapshot()
     if snap["finished"] and polling:
@@ -123,6 +136,11 @@ def _panel(labels: list[str], polling: bool) -> None:
             st.caption(f"{r['tokens_per_s']:.1f} tokens/s · mean log-prob under the reference {mean:.2f} · "
                        + ("same text as the reference" if div is None and reference.get("done") else
                           f"leaves the reference's text at token {div + 1}" if div is not None else ""))
+            source = results.get(sources.get(label), {})
+            if source.get("done"):
+                same = first_divergence(r["tokens"], source["tokens"])
+                st.caption(f"the text of “{sources[label]}”" + (", token for token" if same is None else
+                                                                  f" up to token {same}, then another"))
 
 
 def _coloured(pieces: list[str], logprobs: list[float]) -> str:

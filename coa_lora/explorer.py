@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ class Explorer:
         self._grid: Optional[GridAllocator] = None
         self._attached: Optional[tuple[Path, object]] = None  # (run folder, CoALoRAModel)
         self._presets: dict[str, dict] = {}  # preset probe losses by adapter, when results are not kept on disk
+        self._deployed: Optional[tuple[str, torch.nn.Module]] = None  # (key, packed model): the last one deployed
 
     @classmethod
     def load(cls, model: str = "smollm2", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
@@ -194,18 +196,24 @@ class Explorer:
 
     def generate(self, ids: torch.Tensor, config: Optional[ModelConfig], run: Optional[str | Path] = None,
                  options: GenerateOptions = GenerateOptions(), on_token: Optional[Callable[[list[int]], None]] = None,
-                 should_stop: Optional[StopFn] = None, on_wait: Optional[Callable[[int], None]] = None) -> Generation:
+                 should_stop: Optional[StopFn] = None, on_wait: Optional[Callable[[int], None]] = None,
+                 deployed: bool = False) -> Generation:
         """Continue ``ids`` ``(1, n)`` under ``config`` (None: unquantized) with ``run``'s adapter or every adapter off;
         ``on_token(tokens so far)`` after each token; then each token's log-probability under the unquantized reference.
 
-        The model is held for the whole generation (other sessions queue, as for an evaluation)."""
+        ``deployed``: generate with the configuration as it is deployed (:meth:`deployed_model`: exported packed, the
+        adapter folded, loaded back with its weights kept packed) instead of the shared model under it; the same
+        text, at the packed runtime's speed. The model is held for the whole generation (other sessions queue)."""
+        if deployed and config is None:
+            raise ValueError("The unquantized reference has nothing to deploy packed: pick a configuration.")
         self._wait_for_model(should_stop, on_wait)
         try:
             adapter = self.adapter(run) if run is not None else None
             tokens: list[int] = []
-            with model_as(self.wb, config, adapter):
+            with (nullcontext() if deployed else model_as(self.wb, config, adapter)):
+                model = self._deploy(config, adapter) if deployed else self.wb.model
                 t0 = time.perf_counter()  # tokens/s of the generation itself, not of swapping the weights in
-                for token in generate(self.wb.model, ids, options, self.wb.tokenizer.eos_token_id, should_stop):
+                for token in generate(model, ids, options, self.wb.tokenizer.eos_token_id, should_stop):
                     tokens.append(token)
                     if on_token is not None:
                         on_token(list(tokens))
@@ -218,6 +226,46 @@ class Explorer:
         decode = self.wb.tokenizer.decode
         pieces = [decode(tokens[:i + 1])[len(decode(tokens[:i])):] for i in range(len(tokens))]
         return Generation(tokens, pieces, logprobs, seconds, decode(tokens))
+
+    def deployed_model(self, config: ModelConfig, run: Optional[str | Path] = None) -> torch.nn.Module:
+        """``config`` as it is deployed: exported by :func:`~coa_lora.save_packed` with ``run``'s adapter folded for it
+        (or none), and loaded back by :func:`~coa_lora.load_packed` with its weights kept packed (bitsandbytes' NF4
+        kernel where it applies), on the workbench's device. The export is cached on disk by model, configuration and
+        adapter; one deployed model is held at a time (the last asked for)."""
+        self._wait_for_model(None, None)
+        try:
+            return self._deploy(config, self.adapter(run) if run is not None else None)
+        finally:
+            self.lock.release()
+
+    def _deploy(self, config: ModelConfig, adapter) -> torch.nn.Module:
+        """(The model held.) The packed model of ``config`` with ``adapter``: the one held, the one on disk, or new."""
+        import hashlib
+        import shutil
+        import tempfile
+
+        from coa_lora.deploy.packed import save_packed
+        from coa_lora.deploy.packed_load import load_packed
+
+        digest = hashlib.sha256(config.key().encode()).hexdigest()[:16]
+        key = f"{self.wb.weight_hash[:16]}-{digest}-{adapter.fingerprint() if adapter is not None else 'base'}"
+        if self._deployed is not None and self._deployed[0] == key:
+            return self._deployed[1]
+        self._deployed = None  # the previous packed model is let go before the next is built
+        root = Path(self.evaluator.cache_dir or Path(tempfile.gettempdir()) / "coa_lora") / "deployed"
+        folder = root / key
+        device = next(self.wb.model.parameters()).device
+        try:
+            model = load_packed(folder, device=device, weights="packed")
+        except ValueError:  # not exported yet, or an export cut short: written again whole
+            shutil.rmtree(folder, ignore_errors=True)
+            save_packed(self.wb, config, folder, adapter=adapter)
+            model = load_packed(folder, device=device, weights="packed")
+        for old in root.iterdir():  # one export on disk per explorer cache: each is the size of the model's weights
+            if old.is_dir() and old.name != key:
+                shutil.rmtree(old, ignore_errors=True)
+        self._deployed = (key, model)
+        return model
 
     def preset_losses(self, run: str | Path, presets: Mapping[str, QuantOption],
                       should_stop: Optional[StopFn] = None) -> dict[str, tuple[float, float]]:

@@ -139,15 +139,20 @@ def test_generate_streams_every_column_and_says_where_each_leaves_the_reference(
     assert "allocator at 2.50 bits" in " ".join(str(m.value) for m in at.markdown)
     assert at.session_state["config"].avg_bits <= 2.5
     at.number_input(key="gen_max").set_value(6)
+    at.toggle(key="gen_deploy").set_value(True)  # a fourth column: the configuration exported packed, loaded back
     at.button(key="gen_run").click().run()
     job = wait_for_job(at, key="gen_job")
     snap = job.snapshot()
     assert snap["error"] is None, snap["error"]
     results = snap["result"]
-    assert len(results) == 3 and all(r["done"] and len(r["tokens"]) == 6 for r in results.values())
+    assert len(results) == 4 and all(r["done"] and len(r["tokens"]) == 6 for r in results.values())
     assert all(len(r["logprobs"]) == 6 for r in results.values())
+    (deployed,) = [label for label in results if label.startswith("deployed")]
+    (adapter,) = [label for label in results if "adapter ·" in label]
+    assert results[deployed]["tokens"] == results[adapter]["tokens"]
     captions = " ".join(c.value for c in at.caption)
-    assert captions.count("tokens/s") == 3 and "same text as the reference" in captions
+    assert captions.count("tokens/s") == 4 and "same text as the reference" in captions
+    assert f"the text of “{adapter}”, token for token" in captions
     assert not at.exception and not at.error
 
 

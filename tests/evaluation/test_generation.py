@@ -81,3 +81,39 @@ def test_a_cancel_stops_it_and_bad_input_is_one_sentence(ex):
         prompt_ids(ex.wb.tokenizer, "  ")
     chat = ex.wb.tokenizer.decode(prompt_ids(ex.wb.tokenizer, "Who wrote Hamlet?", chat=True)[0])
     assert chat.rstrip().endswith("<|im_start|>assistant") and "Who wrote Hamlet?" in chat
+
+
+def test_the_deployed_packed_model_generates_the_text_of_the_configuration_it_deploys(tmp_path):
+    from pathlib import Path
+
+    from coa_lora.deploy.packed_linear import PackedLinear
+    from coa_lora.evaluation.evaluator import model_as
+
+    run = Path(__file__).resolve().parents[1] / "data" / "tiny_search_run"
+    ex = Explorer(Workbench.load("tiny"), eval_cache_dir=tmp_path)
+    ids = prompt_ids(ex.wb.tokenizer, PROMPT)
+    config = ModelConfig.uniform(ex.layout, preset("nf3"))
+    options = GenerateOptions(max_new_tokens=8)
+    base = ex.generate(ids, config, options=options, deployed=True)
+    assert base.tokens == ex.generate(ids, config, options=options).tokens  # bit for bit without an adapter
+    packed = ex.deployed_model(config)
+    assert packed is ex.deployed_model(config)  # held: asked again, not exported again
+    assert any(isinstance(m, PackedLinear) for m in packed.modules())
+    # With the run's adapter folded in: the packed model's logits are the shared model's under the adapter.
+    with_adapter = ex.deployed_model(config, run)
+    assert with_adapter is not packed and len(list((tmp_path / "deployed").iterdir())) == 1  # one export kept
+    with torch.no_grad():
+        got = with_adapter(input_ids=ids).logits
+        with model_as(ex.wb, config, ex.adapter(run)):
+            expected = ex.wb.model(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4), float((got - expected).abs().max())
+    assert ex.generate(ids, config, run, options, deployed=True).tokens == \
+        ex.generate(ids, config, run, options).tokens
+    (folder,) = (tmp_path / "deployed").iterdir()
+    written = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    again = Explorer(Workbench.load("tiny"), eval_cache_dir=tmp_path)  # a new server reads the export from disk
+    assert again.generate(ids, config, run, options, deployed=True).tokens == \
+        ex.generate(ids, config, run, options).tokens
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == written
+    with pytest.raises(ValueError, match="nothing to deploy"):
+        ex.generate(ids, None, options=options, deployed=True)
