@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -59,20 +60,29 @@ def lab() -> None:
     os.execv(VENV / "bin" / "jupyter", [str(VENV / "bin" / "jupyter"), "lab", str(ROOT / "notebooks"), *sys.argv[2:]])
 
 
-def browser() -> None:
-    """Debian's headless Chromium for the browser test (Playwright drives it; its own download is blocked here)."""
+def browser() -> subprocess.Popen | None:
+    """Start installing Debian's headless Chromium for the browser test (Playwright drives it; its own download is
+    blocked here), in the background: it overlaps pip's install and the asset preparation. None when present."""
     if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
-        return
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
+        return None
+    sudo = "" if os.geteuid() == 0 else "sudo "
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("+ apt-get install chromium (for tests/test_browser.py)", flush=True)
-    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "chromium"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    print("+ apt-get install chromium (for tests/test_browser.py), in the background", flush=True)
+    log = tempfile.TemporaryFile()
+    apt = subprocess.Popen(["sh", "-c", f"{sudo}apt-get update -q && {sudo}apt-get install -y -q chromium"], env=env,
+                           stdout=subprocess.DEVNULL, stderr=log)
+    apt.log = log  # read back if it fails
+    return apt
+
+
+def wait_for(apt: subprocess.Popen) -> None:
+    if apt.wait() != 0:
+        apt.log.seek(0)
+        sys.exit("Installing chromium with apt-get failed (tests/test_browser.py needs it): "
+                 + apt.log.read().decode(errors="replace")[-500:])
 
 
 def test() -> None:
-    browser()
     # Two workers of one torch thread each (tests/conftest.py), longest tests first: 9.1 min against 12.7 min for one
     # process of two threads on 2 cores (issue #35's note); `-n 0` runs in one process.
     run(PY, "-m", "pytest", "-q", "-n", "2", "--dist", "load", "--maxschedchunk", "2", *sys.argv[2:])
@@ -82,9 +92,12 @@ def main() -> None:
     commands = {"app": app, "test": test, "lab": lab, "install": lambda: None, "prepare": lambda: None}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python3 tasks.py {{{','.join(commands)}}}")
+    apt = browser() if sys.argv[1] == "test" else None
     install()
     if sys.argv[1] != "install":
         prepare()
+    if apt is not None:
+        wait_for(apt)
     commands[sys.argv[1]]()
 
 

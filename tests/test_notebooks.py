@@ -6,6 +6,7 @@ bounds each cell (default 600 s).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -63,3 +64,21 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
                if "application/vnd.plotly.v1+json" in o.get("data", {})]
     assert figures, f"{name} showed no interactive plotly figure"
     print(f"{name}: {seconds:.1f} s")
+    if os.environ.get("COA_NOTEBOOK_TIMINGS"):  # a folder: each cell's time, for finding where the suite's time goes
+        timings = {"total": seconds, "cells": [[c.source.splitlines()[0][:80] if c.source else "", _cell_seconds(c)]
+                                               for c in nb.cells if c.cell_type == "code"]}
+        out = Path(os.environ["COA_NOTEBOOK_TIMINGS"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{name}.json").write_text(json.dumps(timings, indent=1))
+
+
+def _cell_seconds(cell) -> float:
+    """Seconds from the kernel's start of a cell to its reply (nbclient records both)."""
+    from datetime import datetime
+
+    e = cell.metadata.get("execution", {})
+    start, end = e.get("iopub.execute_input"), e.get("shell.execute_reply")
+    if not (start and end):
+        return float("nan")
+    return (datetime.fromisoformat(end.replace("Z", "+00:00")) -
+            datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
