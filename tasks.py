@@ -65,7 +65,7 @@ def browser() -> subprocess.Popen | None:
     blocked here), in the background: it overlaps pip's install and the asset preparation. None when present."""
     if shutil.which("chromium") or Path("/usr/bin/chromium").exists():
         return None
-    sudo = "" if os.geteuid() == 0 else "sudo "
+    sudo = "" if os.geteuid() == 0 else "sudo -n "  # never a password prompt in the middle of pip's output
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     print("+ apt-get install chromium (for tests/test_browser.py), in the background", flush=True)
     log = tempfile.TemporaryFile()
@@ -93,9 +93,14 @@ def main() -> None:
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python3 tasks.py {{{','.join(commands)}}}")
     apt = browser() if sys.argv[1] == "test" else None
-    install()
-    if sys.argv[1] != "install":
-        prepare()
+    try:
+        install()
+        if sys.argv[1] != "install":
+            prepare()
+    except BaseException:
+        if apt is not None:
+            apt.terminate()  # nothing will use it; apt-get stops cleanly on SIGTERM
+        raise
     if apt is not None:
         wait_for(apt)
     commands[sys.argv[1]]()

@@ -230,13 +230,16 @@ def set_budget(ex: Explorer, budget: float) -> None:
     st.session_state["config_label"] = f"{config.avg_bits:.3f} bits (allocator at {budget:.2f} bits)"
 
 
+BASE_LABEL = "quantized base (no adapter)"
+
+
 def model_columns() -> dict:
     """The models a view puts side by side, by label: (under the configuration?, run folder or None). The
     unquantized reference, the quantized base, the run's adapter, and Shared-LoRA when another run is chosen."""
     from coa_lora.models import REFERENCE_LABEL
 
     view, shared = current_run(), compare_run()
-    cols = {REFERENCE_LABEL: (False, None), "quantized base (no adapter)": (True, None)}
+    cols = {REFERENCE_LABEL: (False, None), BASE_LABEL: (True, None)}
     if view is not None and view.has_checkpoint and view.method != "lqlora":
         cols[f"{view.method} adapter · {view.name}"] = (True, str(view.folder))
     if shared is not None and shared.has_checkpoint and (view is None or shared.folder != view.folder):

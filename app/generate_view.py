@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 
 import streamlit as st
-from common import BUDGET_STEP, budget_bounds, configuration, explorer, model_columns, set_budget
+from common import BASE_LABEL, BUDGET_STEP, budget_bounds, configuration, explorer, model_columns, set_budget
 from jobs import Job, start_thread
 
 from coa_lora.evaluation import GenerateOptions, first_divergence, prompt_ids
@@ -40,8 +40,7 @@ def render() -> None:
     columns = {label: (quantized, run, False) for label, (quantized, run) in model_columns().items()}
     sources = {}
     if deploy:
-        source = next((label for label, (_, run, _) in columns.items() if run is not None),
-                      "quantized base (no adapter)")
+        source = next((label for label, (_, run, _) in columns.items() if run is not None), BASE_LABEL)
         deployed = f"deployed, packed · {'adapter folded' if columns[source][1] else 'no adapter'}"
         columns[deployed], sources[deployed] = (True, columns[source][1], True), source
     job: Job | None = st.session_state.get("gen_job")

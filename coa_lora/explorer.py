@@ -240,6 +240,7 @@ class Explorer:
 
     def _deploy(self, config: ModelConfig, adapter) -> torch.nn.Module:
         """(The model held.) The packed model of ``config`` with ``adapter``: the one held, the one on disk, or new."""
+        import getpass
         import hashlib
         import shutil
         import tempfile
@@ -252,17 +253,25 @@ class Explorer:
         if self._deployed is not None and self._deployed[0] == key:
             return self._deployed[1]
         self._deployed = None  # the previous packed model is let go before the next is built
-        root = Path(self.evaluator.cache_dir or Path(tempfile.gettempdir()) / "coa_lora") / "deployed"
+        cache = self.evaluator.cache_dir or Path(tempfile.gettempdir()) / f"coa_lora-{getpass.getuser()}"
+        root = Path(cache) / "deployed"
         folder = root / key
         device = next(self.wb.model.parameters()).device
         try:
             model = load_packed(folder, device=device, weights="packed")
-        except ValueError:  # not exported yet, or an export cut short: written again whole
+        except ValueError:  # not exported yet, or a folder that does not load (never trusted): exported again whole
             shutil.rmtree(folder, ignore_errors=True)
-            save_packed(self.wb, config, folder, adapter=adapter)
+            try:
+                # The export sets the adapter (and so the shared model) to ``config``: put back what was there.
+                with model_as(self.wb, config, adapter):
+                    save_packed(self.wb, config, folder, adapter=adapter)
+            except ValueError:
+                if not folder.is_dir():
+                    raise
+                # else another explorer on this cache exported the same at the same moment: load theirs
             model = load_packed(folder, device=device, weights="packed")
         for old in root.iterdir():  # one export on disk per explorer cache: each is the size of the model's weights
-            if old.is_dir() and old.name != key:
+            if old.is_dir() and old.name != key and not old.name.startswith("."):  # (not another's export staging)
                 shutil.rmtree(old, ignore_errors=True)
         self._deployed = (key, model)
         return model

@@ -217,5 +217,8 @@ class GridAllocator:
         answer = self.allocator.allocate(budget)
         self._live.append(answer)
         if self.store is not None and answer.exact:
-            write_live(self.store, [answer])
+            try:
+                write_live(self.store, [answer])
+            except OSError as exc:  # a read-only or full cache costs the next process a solve, not this answer
+                warnings.warn(f"Could not keep the allocator's answer in {self.store}: {exc}", stacklevel=2)
         return answer

@@ -104,7 +104,7 @@ def _pytorch_path_only() -> None:
     load-once flag is set as if the load had been tried and failed, which is what BoTorch itself does then."""
     from botorch.acquisition.multi_objective import logei
 
-    if logei._C is None:
+    if getattr(logei, "_C", None) is None:
         logei._load_attempted = True
 
 

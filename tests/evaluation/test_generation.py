@@ -100,7 +100,13 @@ def test_the_deployed_packed_model_generates_the_text_of_the_configuration_it_de
     assert packed is ex.deployed_model(config)  # held: asked again, not exported again
     assert any(isinstance(m, PackedLinear) for m in packed.modules())
     # With the run's adapter folded in: the packed model's logits are the shared model's under the adapter.
+    ex.adapter(run)
+    ex.instantiate(ModelConfig.uniform(ex.layout, preset("nf4")))  # another session's configuration on the model
+    before = {name: p.detach().clone() for name, p in ex.wb.qmodel.parameters.items()}
     with_adapter = ex.deployed_model(config, run)
+    # Exporting (which sets the adapter to the configuration) left the shared model as it found it.
+    assert ex.wb.qmodel.config.key() == ModelConfig.uniform(ex.layout, preset("nf4")).key()
+    assert all(torch.equal(p, before[n]) for n, p in ex.wb.qmodel.parameters.items())
     assert with_adapter is not packed and len(list((tmp_path / "deployed").iterdir())) == 1  # one export kept
     with torch.no_grad():
         got = with_adapter(input_ids=ids).logits

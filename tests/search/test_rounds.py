@@ -92,9 +92,14 @@ def test_acquisition_reference_measures_the_plane_hypervolume():
     assert beyond == pytest.approx(raw_hv(bits, loss)) and inside > beyond
 
 
-def test_the_acquisition_stays_on_pytorch_and_builds_no_extension():
+def test_the_acquisition_stays_on_pytorch_and_builds_no_extension(monkeypatch):
     # BoTorch would compile a fused C++ kernel with ninja on a fresh machine (48 s measured) to save ~0.1 s a round.
+    import torch.utils.cpp_extension
     from botorch.acquisition.multi_objective import logei
+
+    builds = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda *a, **k: builds.append(k.get("name")))
+    monkeypatch.setattr(logei, "_load_attempted", False)  # as in a fresh process
     from botorch.models import ModelList, SingleTaskGP
     from botorch.models.deterministic import GenericDeterministicModel
 
@@ -102,7 +107,7 @@ def test_the_acquisition_stays_on_pytorch_and_builds_no_extension():
     models = ModelList(SingleTaskGP(X, -X.sum(-1, keepdim=True)), GenericDeterministicModel(lambda X: -X[..., :1]))
     Y = torch.tensor([[-1.0, -2.0], [-2.0, -1.0]], dtype=torch.float64)
     acqf = acquisition(models, Y, torch.tensor([-3.0, -3.0], dtype=torch.float64), FAST)
-    assert logei._C is None
+    assert logei._C is None and builds == []
     better, worse = acqf(torch.tensor([[[0.1, 0.1]], [[1.2, 1.2]]], dtype=torch.float64))
     assert better > worse  # (-0.2, -0.1) dominates part of the box; (-2.4, -1.2) improves nothing
 
