@@ -266,13 +266,14 @@ def arms(wb: Workbench, args) -> dict:
             for budget, (m, sd, n) in _paired(results[arm], results["default"], metric).items():
                 measured[f"100·ln({label} {arm} / default) at {budget:g} bits"] = {"mean": m, "sd": sd, "n": n}
         if reference is not None:
-            for who, rows in (("default", results["default"]), (arm, results[arm])):
-                for budget, (m, sd, n) in _paired(rows, reference, "perplexity").items():
-                    measured[f"100·ln(ppl {who} / per-config LoRA) at {budget:g} bits"] = {"mean": m, "sd": sd,
-                                                                                          "n": n}
+            for metric, label in (("perplexity", "ppl"), ("kl", "KL")):
+                for who, rows in (("default", results["default"]), (arm, results[arm])):
+                    for budget, (m, sd, n) in _paired(rows, reference, metric).items():
+                        measured[f"100·ln({label} {who} / per-config LoRA) at {budget:g} bits"] = {
+                            "mean": m, "sd": sd, "n": n}
         def clear(label: str, sign: int) -> int:
             """Budgets where the arm is clearly better (sign -1) or worse (+1): |mean| beyond its standard error."""
-            return sum(1 for k, v in measured.items() if k.startswith(f"100·ln({label} {arm} /") and v["sd"]
+            return sum(1 for k, v in measured.items() if k.startswith(f"100·ln({label} {arm} / default)") and v["sd"]
                        is not None and sign * v["mean"] - v["sd"] / v["n"] ** 0.5 > 0)
         print(f"\narm {arm} against default, mean ± sd over seeds:")
         for k, v in measured.items():
