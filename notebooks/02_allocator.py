@@ -41,12 +41,17 @@ FULL_PLAIN_TABLE = False
 EXERCISE_BUDGET = 3.5
 
 # %%
+import os
+
 import pandas as pd
 
 from coa_lora import EvalOptions, Evaluator, PerplexityOptions, Workbench, plots, preset, quantization_error
 from coa_lora import Explorer
 from coa_lora.quant import OPTION_INDEX
 
+# A handful of SmolLM2 configurations are applied here: compiling the quantizer's kernels (seconds per bit width and
+# block size) would cost more than it saves, so they run eagerly (same values, tests/quant/test_kernels.py).
+os.environ["COA_LORA_COMPILE"] = "0"
 wb = Workbench.load(MODEL)
 explorer = Explorer(wb)  # the allocator with the shipped grid of exact answers, as the app uses it
 evaluator = Evaluator(wb, EvalOptions(perplexity=PerplexityOptions(length=PPL_LENGTH, stride=PPL_LENGTH)))

@@ -48,13 +48,23 @@ def test_notebook_has_a_plotly_figure_a_notice_and_an_exercise(name):
     assert any("key-figure" in c.metadata.get("tags", []) for c in cells), "tag the cell of the README's figure"
 
 
+# Smaller inputs where a loop only repeats the same work (every cell still runs, every figure is still drawn; the
+# notebooks keep their defaults for readers): one perplexity budget instead of two, 2 zero-shot items instead of 6.
+TEST_PARAMETERS = {"02_allocator": "PPL_BUDGETS = (3.0,)", "05_evaluate_deploy": "ITEMS = 2"}
+
+
 @pytest.mark.smollm2
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_top_to_bottom(name, tmp_path):
-    """Executed as JupyterLab would (the notebook's folder as working directory), with its default parameters."""
+    """Executed as JupyterLab would (the notebook's folder as working directory), with its default parameters except
+    TEST_PARAMETERS."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    if name in TEST_PARAMETERS:  # after the parameters cell, as papermill injects them
+        at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+        nb.cells.insert(at + 1, nbformat.v4.new_code_cell(TEST_PARAMETERS[name],
+                                                          metadata={"tags": ["injected-parameters"]}))
     client = NotebookClient(nb, timeout=int(os.environ.get("COA_NOTEBOOK_TIMEOUT", "600")), kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
     start = time.perf_counter()
