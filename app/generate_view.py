@@ -33,7 +33,7 @@ def render() -> None:
     sample = c2.toggle("Sample (off: greedy)", False, key="gen_sample")
     max_new = c3.number_input("New tokens", 1, 256, 48, key="gen_max")
     seed = c4.number_input("Seed", 0, 10_000, 0, key="gen_seed", disabled=not sample)
-    deploy = c5.toggle("Deployed (packed) column", False, key="gen_deploy",
+    deploy = c5.toggle("Deployed (packed)", False, key="gen_deploy",
                        help="Export the configuration (with the run's adapter folded in) as a packed folder and "
                             "generate with it loaded back packed, as a device would run it: the same text, at the "
                             "packed runtime's speed. The first time for a configuration exports it (seconds).")
