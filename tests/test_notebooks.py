@@ -49,8 +49,12 @@ def test_notebook_has_a_plotly_figure_a_notice_and_an_exercise(name):
 
 
 # Smaller inputs where a loop only repeats the same work (every cell still runs, every figure is still drawn; the
-# notebooks keep their defaults for readers): one perplexity budget instead of two, 2 zero-shot items instead of 6.
-TEST_PARAMETERS = {"02_allocator": "PPL_BUDGETS = (3.0,)", "05_evaluate_deploy": "ITEMS = 2"}
+# notebooks keep their defaults for readers): one perplexity budget instead of two (02, 03), one preset instead of two
+# (05: its loop evaluates the same three columns per preset), 2 zero-shot items instead of 6, 4 tiny training steps
+# instead of 12 (03: still one evaluation, at step 4, for its training figure).
+TEST_PARAMETERS = {"02_allocator": "PPL_BUDGETS = (3.0,)",
+                   "03_coa_lora": "TINY_STEPS = 4\nBUDGETS = (3.0,)",
+                   "05_evaluate_deploy": "ITEMS = 2\nPRESET_NAMES = (\"nf4\",)"}
 
 
 @pytest.mark.smollm2
