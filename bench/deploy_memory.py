@@ -11,7 +11,9 @@ measurement process loads one model, then runs a 256-token forward and a greedy 
 reports RSS after loading, its peak RSS after the forward (VmHWM of /proc/self/status: the load itself included; not
 ru_maxrss, which Linux carries over from the parent across fork and exec), and tokens/s of the generation. The parent
 holds no model while the measurements run (the exports are made in a child process too).
-Last line: one JSON object with the 3-bit figures the issue asks for and the ratios.
+A last process per budget measures what bounds the packed runtime (``limits``): the RSS floor (libraries imported, no
+model, plus the bytes the packed model must hold) and the time to decode every matrix once, which per-call decoding
+adds to each token. Last line: one JSON object with the 3-bit figures the issue asks for, the ratios and the limits.
 """
 from __future__ import annotations
 
@@ -75,6 +77,67 @@ def measure(model_name: str, folder: str, mode: str, new_tokens: int = 64) -> di
             "tokens_per_s": new_tokens / gen_s}
 
 
+def limits(folder: str) -> dict:
+    """In this (fresh) process: what bounds the packed runtime from below, measured apart.
+
+    * memory floor: the RSS of the process with torch, transformers and coa_lora imported and no model, plus the bytes
+      the packed model must hold (packed matrices, and what stays unquantized: the tied embedding, norms);
+    * decode time: dequantizing every packed matrix once in torch code (compiled kernels, warmed up), which the
+      per-call path pays for every generated token on top of the dequantized model's own forward.
+    """
+    import psutil
+    import torch
+    import transformers  # noqa: F401 — part of the floor: every path imports it
+
+    from coa_lora import load_packed
+    from coa_lora.deploy.packed_linear import PackedLinear
+
+    rss_imports = psutil.Process().memory_info().rss / 2**20
+    model = load_packed(folder, weights="packed", adapter="none", kernel="dequantize")
+    layers = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    packed = sum(m.nbytes for m in layers)
+    seen = {id(t) for m in layers for t in (*m.parameters(), *m.buffers())}
+    rest = {id(t): t for t in (*model.parameters(), *model.buffers()) if id(t) not in seen}  # tied: counted once
+    unquantized = sum(t.numel() * t.element_size() for t in rest.values())
+    with torch.no_grad():
+        for m in layers:  # compiles each (bits, block size) once
+            m.dequantized_weight()
+        t0 = time.perf_counter()
+        for _ in range(3):
+            for m in layers:
+                m.dequantized_weight()
+        decode_s = (time.perf_counter() - t0) / 3
+    return {"mode": "limits", "rss_imports_mib": rss_imports, "packed_mib": packed / 2**20,
+            "unquantized_mib": unquantized / 2**20, "decode_all_s": decode_s,
+            "weights": sum(m.in_features * m.out_features for m in layers)}
+
+
+def _limit_rows(rows: list[dict]) -> dict:
+    """The bounds at each budget: the packed model's RSS cannot go below the floor, and per-call decoding adds
+    ``decode_all_s`` to every token of the dequantized path."""
+    out = {}
+    for bits in dict.fromkeys(r["bits"] for r in rows):
+        by = {r["mode"]: r for r in rows if r["bits"] == bits}
+        if "limits" not in by or "dequantized" not in by:
+            continue
+        lim, deq = by["limits"], by["dequantized"]
+        floor = lim["rss_imports_mib"] + lim["packed_mib"] + lim["unquantized_mib"]
+        per_token = 1 / deq["tokens_per_s"]
+        out[str(bits)] = {
+            "rss_floor_mib": floor, "rss_floor_ratio_to_dequantized": floor / deq["peak_rss_mib"],
+            "decode_all_s": lim["decode_all_s"],
+            "speed_ceiling_ratio_per_call_decode": per_token / (per_token + lim["decode_all_s"]),
+            "decode_weights_per_s": lim["weights"] / lim["decode_all_s"],
+        }
+        print(f"{bits} bits limits: floor {floor:.0f} MiB = imports {lim['rss_imports_mib']:.0f} + packed "
+              f"{lim['packed_mib']:.0f} + unquantized {lim['unquantized_mib']:.0f} "
+              f"({floor / deq['peak_rss_mib']:.2f}x the dequantized peak); decoding every matrix once takes "
+              f"{lim['decode_all_s']:.3f} s ({lim['weights'] / lim['decode_all_s'] / 1e6:.0f} M weights/s), so "
+              f"per-call decoding runs at most {out[str(bits)]['speed_ceiling_ratio_per_call_decode']:.2f}x the "
+              f"dequantized path's speed", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
@@ -85,7 +148,8 @@ def main() -> None:
     parser.add_argument("--export", nargs=2, metavar=("BITS", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.model, *args.measure, new_tokens=args.new_tokens)))
+        folder, mode = args.measure
+        print(json.dumps(limits(folder) if mode == "limits" else measure(args.model, folder, mode, args.new_tokens)))
         return
     if args.export:
         export(args.model, args.export[0], Path(args.export[1]))
@@ -100,18 +164,20 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--model", args.model, "--export", str(bits), str(folder)],
                            check=True)
         summary = read_summary(folder)
-        for mode in MODES:
+        for mode in (*MODES, "limits"):
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             done = subprocess.run([sys.executable, __file__, "--model", args.model, "--measure", str(folder), mode,
                                    "--new-tokens", str(args.new_tokens)],
                                   check=True, capture_output=True, text=True, env=env)
             row = {"bits": bits, "disk_mib": summary.size_bytes / 2**20, **json.loads(done.stdout.splitlines()[-1])}
             rows.append(row)
+            if mode == "limits":
+                continue
             print(f"{bits} bits {mode:12s} load {row['load_s']:5.1f} s  RSS loaded {row['rss_loaded_mib']:7.0f} MiB  "
                   f"peak {row['peak_rss_mib']:7.0f} MiB  {row['tokens_per_s']:6.1f} tokens/s  "
                   f"(disk {row['disk_mib']:.0f} MiB)", flush=True)
     at3 = {r["mode"]: r for r in rows if r["bits"] == 3.0}
-    out = {"model": args.model, "rows": rows}
+    out = {"model": args.model, "rows": rows, "limits": _limit_rows(rows)}
     if len(at3) == len(MODES):
         out.update({
             "rss_packed_mib": at3["packed"]["peak_rss_mib"], "rss_dequantized_mib": at3["dequantized"]["peak_rss_mib"],
