@@ -247,6 +247,23 @@ def model_columns() -> dict:
     return cols
 
 
+DEPLOY_HELP = ("Export the configuration (with the run's adapter folded in) as a packed folder and run it loaded back "
+               "packed, as a device would: the same answers, at the packed runtime's speed. The first time for a "
+               "configuration exports it (seconds).")
+
+
+def with_deployed(columns: dict, deploy: bool) -> tuple[dict, dict]:
+    """``columns`` of :func:`model_columns` as ``{label: (quantized?, run, deployed?)}``; with ``deploy`` one more, the
+    first adapter's column (else the quantized base) as it is deployed. Also ``{deployed label: label it deploys}``."""
+    out = {label: (quantized, run, False) for label, (quantized, run) in columns.items()}
+    if not deploy:
+        return out, {}
+    source = next((label for label, (_, run, _) in out.items() if run is not None), BASE_LABEL)
+    label = f"deployed, packed · {'adapter folded' if out[source][1] else 'no adapter'}"
+    out[label] = (True, out[source][1], True)
+    return out, {label: source}
+
+
 # ----- links that reopen a view ----------------------------------------------------------------------------------
 PAGES = {"search": "search_view.py", "instantiate": "instantiate_view.py", "evaluate": "evaluate_view.py",
          "generate": "generate_view.py", "train": "train_view.py", "compare": "compare_view.py",

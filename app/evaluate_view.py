@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import streamlit as st
-from common import configuration, explorer, model_columns
+from common import DEPLOY_HELP, configuration, explorer, model_columns, with_deployed
 from jobs import Job, start_thread
 
 from coa_lora import plots
@@ -21,18 +21,22 @@ def render() -> None:
     tasks = st.multiselect("Tasks", embedded_tasks() + [PPL], default=[embedded_tasks()[0]], key="tasks",
                            help="Embedded BIG-bench multiple-choice subsets (offline), or ppl: perplexity on the "
                                 "held-out plays.")
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns([2, 2, 1])
     limit = c1.number_input("Items per task (ppl: windows of 1024 tokens per held-out play)", min_value=1,
                             max_value=2000, value=DEFAULT_LIMIT, key="limit",
                             help=f"{DEFAULT_LIMIT} items of a task take about half a minute per column on 2 CPU "
                                  "cores; accuracies update as items complete, so you can stop when the bars separate.")
     chosen = c2.multiselect("Compare", list(columns), default=list(columns), key="columns")
+    deploy = c3.toggle("Deployed (packed)", False, key="eval_deploy", help=DEPLOY_HELP)
+    columns, sources = with_deployed(columns, deploy)
+    chosen = chosen + list(sources)
     job: Job | None = st.session_state.get("eval_job")
     running = job is not None and not job.snapshot()["finished"]
     if st.button("Run evaluation", type="primary", disabled=running or not tasks or not chosen, key="run_eval"):
         plan = [(col, columns[col], t) for col in chosen for t in tasks]
         job = Job(f"{len(plan)} evaluations")
         st.session_state["eval_job"] = job
+        st.session_state["eval_sources"] = sources  # the deployed column and the column it deploys, for _show
         start_thread(job, lambda j: _evaluate(ex, config, plan, int(limit), j))
         running = True
     if job is not None:
@@ -44,10 +48,10 @@ def render() -> None:
 def _evaluate(ex, config, plan, limit: int, job: Job) -> dict:
     results: dict = {col: {} for col, _, _ in plan}
     # Columns already cached (the reference, Shared-LoRA, an earlier run) come first: they are drawn at once.
-    cached = {(col, task): ex.cached(task, config if quantized else None, run, limit) is not None
-              for col, (quantized, run), task in plan}
+    cached = {(col, task): ex.cached(task, config if quantized else None, run, limit, deployed) is not None
+              for col, (quantized, run, deployed), task in plan}
     plan = sorted(plan, key=lambda step: not cached[step[0], step[2]])
-    for i, (col, (quantized, run), task) in enumerate(plan):
+    for i, (col, (quantized, run, deployed), task) in enumerate(plan):
         def progress(done, total, message="", i=i, col=col, task=task):
             job.progress(i * 1000 + int(1000 * done / max(total, 1)), len(plan) * 1000,
                          f"{task} · {col}: {done}/{total}")
@@ -58,7 +62,11 @@ def _evaluate(ex, config, plan, limit: int, job: Job) -> dict:
             results[col][task] = partial
             job.publish({c: dict(by_task) for c, by_task in results.items()})
         cfg = config if quantized else None
-        results[col][task] = ex.evaluate(task, cfg, run, limit, progress, job.stop.is_set, waiting, running)
+        if deployed and not cached[col, task]:
+            job.progress(i * 1000, len(plan) * 1000, f"{task} · {col}: exporting the configuration packed and "
+                                                     "loading it back")
+        results[col][task] = ex.evaluate(task, cfg, run, limit, progress, job.stop.is_set, waiting, running,
+                                         deployed=deployed)
         job.publish({c: dict(by_task) for c, by_task in results.items()})
     job.progress(len(plan) * 1000, len(plan) * 1000, "done")
     return results
@@ -79,7 +87,7 @@ def _progress(polling: bool) -> None:
     if snap["error"]:
         (st.warning if snap["cancelled"] else st.error)(snap["error"])
         return
-    _show(snap["result"])
+    _show(snap["result"], st.session_state.get("eval_sources", {}))
 
 
 def _running(partial: dict) -> None:
@@ -92,6 +100,21 @@ def _running(partial: dict) -> None:
     st.caption(f"Running accuracy over the items scored so far ({counts}); the bars move until every item is in.")
     st.plotly_chart(plots.results_bars(frame, "acc"), key="bars_running")
     _separation(partial)
+
+
+def _same_answers(deployed: dict, source: dict, deployed_label: str, source_label: str) -> str:
+    """Whether the deployed packed model answers as the column it deploys, task by task."""
+    parts = []
+    for task, result in deployed.items():
+        theirs = source.get(task)
+        if theirs is None:
+            continue
+        if hasattr(result, "items"):
+            same = sum(a.pred == b.pred for a, b in zip(result.items, theirs.items))
+            parts.append(f"{task}: the same answer on {same} of {len(result.items)} items")
+        else:
+            parts.append(f"{task}: perplexity {result.perplexity:.3f} against {theirs.perplexity:.3f}")
+    return f"“{deployed_label}” against “{source_label}” — " + "; ".join(parts) + "."
 
 
 def _separation(results: dict) -> None:
@@ -111,10 +134,13 @@ def _separation(results: dict) -> None:
                 "is that of the per-item differences. A difference is meaningful at about two standard errors.")
 
 
-def _show(results: dict) -> None:
+def _show(results: dict, sources: dict[str, str]) -> None:
     frame = plots.results_frame(results)
     metrics = [m for m in ("acc", "acc_norm", "perplexity") if (frame["metric"] == m).any()]
     st.success(f"Done: {frame['task'].nunique()} task(s) × {frame['column'].nunique()} column(s).")
+    for deployed, source in sources.items():
+        if deployed in results and source in results:
+            st.caption(_same_answers(results[deployed], results[source], deployed, source))
     tabs = st.tabs(metrics + ["table", "flipped items"])
     for tab, metric in zip(tabs, metrics):
         tab.plotly_chart(plots.results_bars(frame, metric), key=f"bars_{metric}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 import html
 
 import streamlit as st
-from common import BASE_LABEL, BUDGET_STEP, budget_bounds, configuration, explorer, model_columns, set_budget
+from common import (BUDGET_STEP, DEPLOY_HELP, budget_bounds, configuration, explorer, model_columns, set_budget,
+                    with_deployed)
 from jobs import Job, start_thread
 
 from coa_lora.evaluation import GenerateOptions, first_divergence, prompt_ids
@@ -33,16 +34,8 @@ def render() -> None:
     sample = c2.toggle("Sample (off: greedy)", False, key="gen_sample")
     max_new = c3.number_input("New tokens", 1, 256, 48, key="gen_max")
     seed = c4.number_input("Seed", 0, 10_000, 0, key="gen_seed", disabled=not sample)
-    deploy = c5.toggle("Deployed (packed)", False, key="gen_deploy",
-                       help="Export the configuration (with the run's adapter folded in) as a packed folder and "
-                            "generate with it loaded back packed, as a device would run it: the same text, at the "
-                            "packed runtime's speed. The first time for a configuration exports it (seconds).")
-    columns = {label: (quantized, run, False) for label, (quantized, run) in model_columns().items()}
-    sources = {}
-    if deploy:
-        source = next((label for label, (_, run, _) in columns.items() if run is not None), BASE_LABEL)
-        deployed = f"deployed, packed · {'adapter folded' if columns[source][1] else 'no adapter'}"
-        columns[deployed], sources[deployed] = (True, columns[source][1], True), source
+    deploy = c5.toggle("Deployed (packed)", False, key="gen_deploy", help=DEPLOY_HELP)
+    columns, sources = with_deployed(model_columns(), deploy)
     job: Job | None = st.session_state.get("gen_job")
     running = job is not None and not job.snapshot()["finished"]
     if st.button("Generate", type="primary", disabled=running, key="gen_run"):

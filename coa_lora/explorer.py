@@ -180,15 +180,23 @@ class Explorer:
     def evaluate(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
                  limit: Optional[int] = None, progress: Optional[ProgressFn] = None,
                  should_stop: Optional[StopFn] = None, on_wait: Optional[Callable[[int], None]] = None,
-                 on_items: Optional[Callable[[TaskResult], None]] = None) -> Result:
+                 on_items: Optional[Callable[[TaskResult], None]] = None, deployed: bool = False) -> Result:
         """``task`` under ``config`` (None: unquantized) with ``run``'s adapter, or with every adapter off.
 
         Cached by the evaluator (memory and disk); a cancelled run raises ``EvaluationCancelled``, also while it
         waits for the model. ``on_wait(ahead)`` is called while other jobs hold or wait for the model before it;
-        ``on_items(result so far)`` as items complete (multiple choice), so a view can draw a running accuracy."""
+        ``on_items(result so far)`` as items complete (multiple choice), so a view can draw a running accuracy.
+        ``deployed``: evaluate the configuration as it is deployed (:meth:`deployed_model`) instead of the shared
+        model under it; cached apart."""
+        if deployed and config is None:
+            raise ValueError("The unquantized reference has nothing to deploy packed: pick a configuration.")
         self._wait_for_model(should_stop, on_wait)
         try:
             adapter = self.adapter(run) if run is not None else None
+            if deployed:
+                return self.evaluator.run(task, config, adapter.fingerprint() if adapter is not None else None, limit,
+                                          progress, should_stop, on_items=on_items,
+                                          deployed=self._deploy(config, adapter))
             return self.evaluator.run(task, config, limit=limit, progress=progress, should_stop=should_stop,
                                       adapter=adapter, on_items=on_items)
         finally:
@@ -325,13 +333,13 @@ class Explorer:
         return self.lock.waiting
 
     def cached(self, task: str, config: Optional[ModelConfig], run: Optional[str | Path] = None,
-               limit: Optional[int] = None) -> Optional[Result]:
+               limit: Optional[int] = None, deployed: bool = False) -> Optional[Result]:
         """The stored result, or None; never evaluates and never waits: while another job holds the model it answers
         None (the key of a run's result needs its adapter loaded, and a perplexity key the shared tokenizer)."""
         if not self.lock.acquire(timeout=0):
             return None
         try:
             key = self.adapter(run).fingerprint() if run is not None else None
-            return self.evaluator.cached(task, config, key, limit)
+            return self.evaluator.cached(task, config, key, limit, runtime="packed" if deployed else None)
         finally:
             self.lock.release()

@@ -111,14 +111,16 @@ def test_evaluation_on_the_tiny_model_completes_and_shows_numbers():
     assert not at.exception
     at.multiselect(key="tasks").set_value(["date_understanding"])
     at.number_input(key="limit").set_value(20)
+    at.toggle(key="eval_deploy").set_value(True)  # a fourth column: the adapter's, exported packed and loaded back
     at.button(key="run_eval").click().run()
     job = wait_for_job(at)
     snap = job.snapshot()
     assert snap["error"] is None, snap["error"]
     # Streamed: each column published its running result after every 8 items (8, 16, 20), then its final one.
-    assert snap["updates"] >= 3 * 4, snap["updates"]
+    assert snap["updates"] >= 4 * 4, snap["updates"]
     results = snap["result"]
-    assert len(results) == 3  # reference, quantized base, the run's adapter (no Shared-LoRA run among the tests' runs)
+    # reference, quantized base, the run's adapter (no Shared-LoRA run among the tests' runs), the adapter deployed
+    assert len(results) == 4
     accs = [r["date_understanding"].acc for r in results.values()]
     assert all(0.0 <= a <= 1.0 for a in accs)
     bars = [f for f in figures(at) if "accuracy" in f["layout"]["title"]["text"]]
@@ -127,7 +129,13 @@ def test_evaluation_on_the_tiny_model_completes_and_shows_numbers():
     assert {c: r["date_understanding"] for c, r in snap["partial"].items()} == {
         c: r["date_understanding"] for c, r in results.items()}
     text = " ".join(str(m.value) for m in at.markdown)
-    assert text.count("points over 20 items") == 2, text
+    assert text.count("points over 20 items") == 3, text
+    (deployed,) = [label for label in results if label.startswith("deployed")]
+    (adapter,) = [label for label in results if "adapter ·" in label]
+    assert [i.pred for i in results[deployed]["date_understanding"].items] == \
+        [i.pred for i in results[adapter]["date_understanding"].items]
+    captions = " ".join(c.value for c in at.caption)
+    assert f"“{deployed}” against “{adapter}” — date_understanding: the same answer on 20 of 20 items" in captions
     assert not at.exception
 
 

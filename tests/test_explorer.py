@@ -176,3 +176,24 @@ def test_presets_are_measured_under_the_runs_adapter_as_its_search_measured_f1_a
     again = Explorer(Workbench.load("tiny"), eval_cache_dir=tmp_path)  # a new server: read from disk
     again.wb.qmodel.apply_ = None  # any measurement would need to quantize: the cached file must answer
     assert again.preset_losses(TINY_RUN, presets) == got
+
+
+def test_the_deployed_packed_model_evaluates_as_the_configuration_it_deploys_and_is_cached_apart(task_file, tmp_path):
+    ex = Explorer(Workbench.load("tiny"), eval_cache_dir=tmp_path)
+    config = ModelConfig.uniform(ex.layout, preset("nf3"))
+    shared = ex.evaluate(task_file, config)
+    deployed = ex.evaluate(task_file, config, deployed=True)
+    assert deployed is not shared and logprobs(deployed) == logprobs(shared)  # bit for bit without an adapter
+    assert ex.evaluate("ppl", config, limit=1, deployed=True).perplexity == ex.evaluate("ppl", config, limit=1).perplexity
+    # With a run's adapter folded into the export: its log-probabilities within float32 noise of the shared model's.
+    with_adapter = ex.evaluate(task_file, config, TINY_RUN, deployed=True)
+    expected = ex.evaluate(task_file, config, TINY_RUN)
+    assert torch.allclose(torch.tensor(logprobs(with_adapter)), torch.tensor(logprobs(expected)), atol=1e-4)
+    assert [i.correct for i in with_adapter.items] == [i.correct for i in expected.items]
+    # Cached apart, on disk: a new explorer answers from the file without exporting anything.
+    again = Explorer(Workbench.load("tiny"), eval_cache_dir=tmp_path)
+    assert logprobs(again.cached(task_file, config, TINY_RUN, deployed=True)) == logprobs(with_adapter)
+    assert again._deployed is None
+    assert again.cached(task_file, ModelConfig.uniform(ex.layout, preset("nf4")), deployed=True) is None
+    with pytest.raises(ValueError, match="nothing to deploy"):
+        ex.evaluate(task_file, None, deployed=True)

@@ -77,11 +77,15 @@ class Evaluator:
         self._ppl_fingerprints: dict[Optional[int], str] = {}
         self._references: dict[Optional[int], list[torch.Tensor]] = {}  # "kl": the reference's log-probs per limit
 
-    def key(self, task: str, config=None, adapter_key: Optional[str] = None, limit: Optional[int] = None) -> str:
-        """The cache key of a result (a JSON string; the disk file is named by its hash)."""
+    def key(self, task: str, config=None, adapter_key: Optional[str] = None, limit: Optional[int] = None,
+            runtime: Optional[str] = None) -> str:
+        """The cache key of a result (a JSON string; the disk file is named by its hash). ``runtime``: None for the
+        workbench's model under ``config``, ``"packed"`` for the configuration's deployed packed model."""
         model = self.workbench.model
         content = self._perplexity_fingerprint(limit) if task in WINDOW_TASKS else self.task(task, limit).fingerprint
+        extra = {} if runtime is None else {"runtime": runtime}  # absent by default: keys stored before stay valid
         return json.dumps({
+            **extra,
             "version": SCORING_VERSION,
             "quantizer": QUANTIZER_VERSION,
             "model": self.workbench.layout.model_id,  # for a reader of the file; the weights' hash is what matches
@@ -95,9 +99,9 @@ class Evaluator:
         }, sort_keys=True)
 
     def cached(self, task: str, config=None, adapter_key: Optional[str] = None,
-               limit: Optional[int] = None) -> Optional[Result]:
+               limit: Optional[int] = None, runtime: Optional[str] = None) -> Optional[Result]:
         """The stored result, or None; never computes."""
-        key = self.key(task, config, adapter_key, limit)
+        key = self.key(task, config, adapter_key, limit, runtime)
         if key not in self._memory and self.cache_dir is not None:
             found = self._read(key)
             if found is not None:
@@ -114,6 +118,7 @@ class Evaluator:
         should_stop: Optional[StopFn] = None,
         adapter=None,
         on_items: Optional[Callable[[TaskResult], None]] = None,
+        deployed: Optional[torch.nn.Module] = None,
     ) -> Result:
         """The result of ``task`` (``"ppl"``, an embedded or harness task, or a JSONL path) under ``config``.
 
@@ -123,7 +128,16 @@ class Evaluator:
         ``adapter_key`` without its ``adapter`` only looks the result up. A cached result returns at once; a
         cancelled run raises ``EvaluationCancelled`` and caches nothing. ``on_items`` (multiple choice only) gets the
         result over the items scored so far as they complete (:func:`evaluate_task`); a cached result calls it once.
+
+        ``deployed``: the configuration's deployed model (its packed folder loaded back with the adapter folded, see
+        :meth:`coa_lora.Explorer.deployed_model`), evaluated as it is instead of the workbench's model, and cached
+        apart (runtime ``"packed"``); ``adapter_key`` names the adapter folded into it (None: none).
         """
+        if deployed is not None:
+            if adapter is not None or config is None:
+                raise ValueError("A deployed model carries its configuration and adapter: pass the configuration and "
+                                 "the adapter's key, not the adapter.")
+            return self._run_deployed(task, config, adapter_key, limit, progress, should_stop, on_items, deployed)
         if adapter is not None:
             if adapter.model is not self.workbench.model:
                 raise ValueError("The adapter wraps a different model than this evaluator's workbench.")
@@ -140,17 +154,32 @@ class Evaluator:
         wb = self.workbench
         reference = self._reference(limit, progress) if task == AGREEMENT_TASK else None
         with model_as(wb, config, adapter):
-            if task == PERPLEXITY_TASK:
-                result = heldout_perplexity(wb.model, wb.tokenizer, self.options.perplexity, limit, progress,
-                                            should_stop)
-            elif task == AGREEMENT_TASK:
-                windows = heldout_windows(wb.tokenizer, self.options.perplexity, limit)
-                result = agreement(wb.model, windows, reference, self.options.perplexity.batch_size, task, progress,
-                                   should_stop)
-            else:
-                result = evaluate_task(wb.model, wb.tokenizer, self.task(task, limit), self.options.scoring,
-                                       progress, should_stop, on_items)
-        key = self.key(task, config, adapter_key, limit)
+            result = self._score(wb.model, task, limit, reference, progress, should_stop, on_items)
+        return self._store(self.key(task, config, adapter_key, limit), result)
+
+    def _run_deployed(self, task, config, adapter_key, limit, progress, should_stop, on_items, model) -> Result:
+        found = self.cached(task, config, adapter_key, limit, runtime="packed")
+        if found is not None:
+            if on_items is not None and isinstance(found, TaskResult):
+                on_items(found)
+            return found
+        reference = self._reference(limit, progress) if task == AGREEMENT_TASK else None
+        with _eval_mode(model):
+            result = self._score(model, task, limit, reference, progress, should_stop, on_items)
+        return self._store(self.key(task, config, adapter_key, limit, runtime="packed"), result)
+
+    def _score(self, model, task, limit, reference, progress, should_stop, on_items) -> Result:
+        tokenizer = self.workbench.tokenizer
+        if task == PERPLEXITY_TASK:
+            return heldout_perplexity(model, tokenizer, self.options.perplexity, limit, progress, should_stop)
+        if task == AGREEMENT_TASK:
+            windows = heldout_windows(tokenizer, self.options.perplexity, limit)
+            return agreement(model, windows, reference, self.options.perplexity.batch_size, task, progress,
+                             should_stop)
+        return evaluate_task(model, tokenizer, self.task(task, limit), self.options.scoring, progress, should_stop,
+                             on_items)
+
+    def _store(self, key: str, result: Result) -> Result:
         self._memory[key] = result
         if self.cache_dir is not None:
             kind = {PerplexityResult: "perplexity", AgreementResult: "agreement"}.get(type(result), "multiple_choice")
