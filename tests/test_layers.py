@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "coa_lora"
 # Lowest first; the same order as the diagram in coa_lora/__init__.py. A top-level name is a sub-package or a module.
 LAYERS = [
-    {"storage", "progress", "distributed", "model_queue"},
+    {"storage", "progress", "distributed", "model_queue", "exports"},
     {"quant"},
     {"configs"},
     {"models", "runs"},

@@ -144,10 +144,8 @@ class Evaluator:
             if adapter.network is not None and config is None:
                 raise ValueError("A CoA-LoRA adapter's correction depends on the configuration: pass a configuration.")
             adapter_key = adapter_key or adapter.fingerprint()
-        found = self.cached(task, config, adapter_key, limit)
+        found = self._announced(self.cached(task, config, adapter_key, limit), on_items)
         if found is not None:
-            if on_items is not None and isinstance(found, TaskResult):
-                on_items(found)
             return found
         if adapter is None and adapter_key is not None:
             raise ValueError(f"No cached result for adapter {adapter_key}; pass the adapter itself to evaluate it.")
@@ -158,15 +156,20 @@ class Evaluator:
         return self._store(self.key(task, config, adapter_key, limit), result)
 
     def _run_deployed(self, task, config, adapter_key, limit, progress, should_stop, on_items, model) -> Result:
-        found = self.cached(task, config, adapter_key, limit, runtime="packed")
+        found = self._announced(self.cached(task, config, adapter_key, limit, runtime="packed"), on_items)
         if found is not None:
-            if on_items is not None and isinstance(found, TaskResult):
-                on_items(found)
             return found
         reference = self._reference(limit, progress) if task == AGREEMENT_TASK else None
         with _eval_mode(model):
             result = self._score(model, task, limit, reference, progress, should_stop, on_items)
         return self._store(self.key(task, config, adapter_key, limit, runtime="packed"), result)
+
+    @staticmethod
+    def _announced(found: Optional[Result], on_items: Optional[Callable[[TaskResult], None]]) -> Optional[Result]:
+        """A cached result, handed once to ``on_items`` (a multiple-choice one), as a computed one would be."""
+        if found is not None and on_items is not None and isinstance(found, TaskResult):
+            on_items(found)
+        return found
 
     def _score(self, model, task, limit, reference, progress, should_stop, on_items) -> Result:
         tokenizer = self.workbench.tokenizer
