@@ -254,11 +254,13 @@ DEPLOY_HELP = ("Export the configuration (with the run's adapter folded in) as a
 
 def with_deployed(columns: dict, deploy: bool) -> tuple[dict, dict]:
     """``columns`` of :func:`model_columns` as ``{label: (quantized?, run, deployed?)}``; with ``deploy`` one more, the
-    first adapter's column (else the quantized base) as it is deployed. Also ``{deployed label: label it deploys}``."""
+    first adapter's column (else the quantized base) as it is deployed, when ``columns`` has one of them. Also
+    ``{deployed label: label it deploys}``."""
     out = {label: (quantized, run, False) for label, (quantized, run) in columns.items()}
-    if not deploy:
+    source = next((label for label, (_, run, _) in out.items() if run is not None),
+                  BASE_LABEL if BASE_LABEL in out else None)
+    if not deploy or source is None:
         return out, {}
-    source = next((label for label, (_, run, _) in out.items() if run is not None), BASE_LABEL)
     label = f"deployed, packed · {'adapter folded' if out[source][1] else 'no adapter'}"
     out[label] = (True, out[source][1], True)
     return out, {label: source}

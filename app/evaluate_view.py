@@ -28,12 +28,11 @@ def render() -> None:
                                  "cores; accuracies update as items complete, so you can stop when the bars separate.")
     chosen = c2.multiselect("Compare", list(columns), default=list(columns), key="columns")
     deploy = c3.toggle("Deployed (packed)", False, key="eval_deploy", help=DEPLOY_HELP)
-    columns, sources = with_deployed(columns, deploy)
-    chosen = chosen + list(sources)
+    columns, sources = with_deployed({col: columns[col] for col in chosen}, deploy)  # deploys a chosen column
     job: Job | None = st.session_state.get("eval_job")
     running = job is not None and not job.snapshot()["finished"]
     if st.button("Run evaluation", type="primary", disabled=running or not tasks or not chosen, key="run_eval"):
-        plan = [(col, columns[col], t) for col in chosen for t in tasks]
+        plan = [(col, columns[col], t) for col in columns for t in tasks]
         job = Job(f"{len(plan)} evaluations")
         st.session_state["eval_job"] = job
         st.session_state["eval_sources"] = sources  # the deployed column and the column it deploys, for _show
@@ -139,7 +138,7 @@ def _show(results: dict, sources: dict[str, str]) -> None:
     metrics = [m for m in ("acc", "acc_norm", "perplexity") if (frame["metric"] == m).any()]
     st.success(f"Done: {frame['task'].nunique()} task(s) × {frame['column'].nunique()} column(s).")
     for deployed, source in sources.items():
-        if deployed in results and source in results:
+        if deployed in results and source in results and set(results[deployed]) & set(results[source]):
             st.caption(_same_answers(results[deployed], results[source], deployed, source))
     tabs = st.tabs(metrics + ["table", "flipped items"])
     for tab, metric in zip(tabs, metrics):

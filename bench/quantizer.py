@@ -25,7 +25,8 @@ if "--cold" in sys.argv:  # before torch is imported: inductor reads its cache f
 
 import torch  # noqa: E402
 
-from coa_lora import QuantOption, dequantize, kernels, quantize  # noqa: E402
+from coa_lora import QuantOption, dequantize, quantize  # noqa: E402
+from coa_lora.quant import kernels  # noqa: E402
 from coa_lora.quant.quantizer import dequantize_blockwise, quantize_blockwise  # noqa: E402
 
 

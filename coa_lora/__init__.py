@@ -19,7 +19,7 @@ import each other, directly or round a circle (tests/test_layers.py checks both)
 """
 # Deployment is imported at once: it registers packed folders as a model source (Workbench.load of a packed folder),
 # and with the lazy names below it imports no trainer, search or plotting library (a deployed model's process).
-from coa_lora.deploy import PackedSummary, load_packed, read_summary, save_packed
+from coa_lora.deploy import PackedSummary, load_packed, read_summary, save_packed  # noqa: F401
 from coa_lora.exports import lazy_exports
 
 # Every other name is imported on first use (coa_lora.exports); `from coa_lora import Workbench` works as before.

@@ -196,7 +196,7 @@ class Explorer:
             if deployed:
                 return self.evaluator.run(task, config, adapter.fingerprint() if adapter is not None else None, limit,
                                           progress, should_stop, on_items=on_items,
-                                          deployed=self._deploy(config, adapter))
+                                          deployed=lambda: self._deploy(config, adapter))
             return self.evaluator.run(task, config, limit=limit, progress=progress, should_stop=should_stop,
                                       adapter=adapter, on_items=on_items)
         finally:

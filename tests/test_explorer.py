@@ -190,9 +190,10 @@ def test_the_deployed_packed_model_evaluates_as_the_configuration_it_deploys_and
     expected = ex.evaluate(task_file, config, TINY_RUN)
     assert torch.allclose(torch.tensor(logprobs(with_adapter)), torch.tensor(logprobs(expected)), atol=1e-4)
     assert [i.correct for i in with_adapter.items] == [i.correct for i in expected.items]
-    # Cached apart, on disk: a new explorer answers from the file without exporting anything.
+    # Cached apart, on disk: a new explorer answers from the file without exporting or loading the deployed model.
     again = Explorer(Workbench.load("tiny"), eval_cache_dir=tmp_path)
     assert logprobs(again.cached(task_file, config, TINY_RUN, deployed=True)) == logprobs(with_adapter)
+    assert logprobs(again.evaluate(task_file, config, TINY_RUN, deployed=True)) == logprobs(with_adapter)
     assert again._deployed is None
     assert again.cached(task_file, ModelConfig.uniform(ex.layout, preset("nf4")), deployed=True) is None
     with pytest.raises(ValueError, match="nothing to deploy"):

@@ -118,7 +118,7 @@ class Evaluator:
         should_stop: Optional[StopFn] = None,
         adapter=None,
         on_items: Optional[Callable[[TaskResult], None]] = None,
-        deployed: Optional[torch.nn.Module] = None,
+        deployed: Optional[Callable[[], torch.nn.Module]] = None,
     ) -> Result:
         """The result of ``task`` (``"ppl"``, an embedded or harness task, or a JSONL path) under ``config``.
 
@@ -129,9 +129,10 @@ class Evaluator:
         cancelled run raises ``EvaluationCancelled`` and caches nothing. ``on_items`` (multiple choice only) gets the
         result over the items scored so far as they complete (:func:`evaluate_task`); a cached result calls it once.
 
-        ``deployed``: the configuration's deployed model (its packed folder loaded back with the adapter folded, see
-        :meth:`coa_lora.Explorer.deployed_model`), evaluated as it is instead of the workbench's model, and cached
-        apart (runtime ``"packed"``); ``adapter_key`` names the adapter folded into it (None: none).
+        ``deployed``: builds the configuration's deployed model (its packed folder loaded back with the adapter folded,
+        see :meth:`coa_lora.Explorer.deployed_model`), called only when the result is not cached; that model is
+        evaluated as it is instead of the workbench's, and cached apart (runtime ``"packed"``); ``adapter_key`` names
+        the adapter folded into it (None: none).
         """
         if deployed is not None:
             if adapter is not None or config is None:
@@ -155,10 +156,11 @@ class Evaluator:
             result = self._score(wb.model, task, limit, reference, progress, should_stop, on_items)
         return self._store(self.key(task, config, adapter_key, limit), result)
 
-    def _run_deployed(self, task, config, adapter_key, limit, progress, should_stop, on_items, model) -> Result:
+    def _run_deployed(self, task, config, adapter_key, limit, progress, should_stop, on_items, build) -> Result:
         found = self._announced(self.cached(task, config, adapter_key, limit, runtime="packed"), on_items)
         if found is not None:
-            return found
+            return found  # without building (exporting, loading) the deployed model
+        model = build()
         reference = self._reference(limit, progress) if task == AGREEMENT_TASK else None
         with _eval_mode(model):
             result = self._score(model, task, limit, reference, progress, should_stop, on_items)
