@@ -195,9 +195,18 @@ ARMS = {
     "rank-16": ({"rank": 16}, "Capacity: rank 16 (U is 16 x 16)."),
     "rank-64": ({"rank": 64}, "Capacity: rank 64, the official code's."),
     "init-50": ({"set_budgets": even_budgets(n=50)}, "The official code's 50 initial configurations instead of 10."),
+    # Not a CoA-LoRA arm: per-configuration LoRA at rank 64, so that the rank-64 arm is also compared at equal rank.
+    "qlora-rank-64": ({"rank": 64, "methods": ("qlora",)}, "Per-configuration LoRA at rank 64 too: is the rank-64 "
+                                                           "arm's gain capacity that every method gets?"),
     "stratified": ({"train": {"draws": "stratified"}}, "Draws: every initial configuration keeps its share."),
 }
 ARM_BUDGETS, ARM_UNSEEN = (2.5, 3.0), (2.75,)
+# A per-configuration arm is compared with per-configuration LoRA at the default rank, and its CoA-LoRA partner with it.
+PARTNERS = {"qlora-rank-64": "rank-64"}
+
+
+def _method(arm: str) -> str:
+    return ARMS[arm][0].get("methods", ("coa",))[0]
 
 
 def arm_plan(model: str, arm: str, seeds: tuple[int, ...]):
@@ -210,8 +219,8 @@ def arm_plan(model: str, arm: str, seeds: tuple[int, ...]):
     base = ComparePlan.quick() if model == "tiny" else ComparePlan()
     changes, _ = ARMS[arm]
     train = {**dict(base.train), **changes.get("train", {})}
-    other = {k: v for k, v in changes.items() if k != "train"}
-    return dataclasses.replace(base, methods=("coa",), search="off", seeds=seeds, tasks=(), budgets=ARM_BUDGETS,
+    other = {k: v for k, v in changes.items() if k not in ("train", "methods")}
+    return dataclasses.replace(base, methods=changes.get("methods", ("coa",)), search="off", seeds=seeds, tasks=(), budgets=ARM_BUDGETS,
                                unseen=ARM_UNSEEN, train=tuple(train.items()), **other)
 
 
@@ -252,7 +261,7 @@ def arms(wb: Workbench, args) -> dict:
         path = args.root / arm / "results.csv"
         if path.is_file():
             rows = pd.read_csv(path)
-            results[arm] = rows[rows["method"] == "coa"]
+            results[arm] = rows[rows["method"] == _method(arm)]
     if "default" not in results:
         raise SystemExit(f"The default arm has no results in {args.root / 'default'} yet; train it (--arms default).")
     reference = None
@@ -260,7 +269,25 @@ def arms(wb: Workbench, args) -> dict:
         rows = pd.concat([pd.read_csv(f / "results.csv") for f in args.compare], ignore_index=True)
         reference = rows[rows["method"] == "qlora"]  # per-configuration LoRA, same seeds, budgets and windows
     entries = {}
-    for arm in [a for a in names if a != "default" and a in results]:
+    for arm in [a for a in names if a in PARTNERS and a in results and reference is not None]:
+        partner, measured = PARTNERS[arm], {}
+        for metric, label in (("perplexity", "ppl"), ("kl", "KL")):
+            for budget, (m, sd, n) in _paired(results[arm], reference, metric).items():
+                measured[f"100·ln({label} {arm} / per-config LoRA) at {budget:g} bits"] = {"mean": m, "sd": sd, "n": n}
+            if partner in results:
+                for budget, (m, sd, n) in _paired(results[partner], results[arm], metric).items():
+                    measured[f"100·ln({label} {partner} / {arm}) at {budget:g} bits"] = {"mean": m, "sd": sd, "n": n}
+        print(f"\narm {arm}, mean ± sd over seeds:")
+        for k, v in measured.items():
+            print(f"  {k}: {v['mean']:+.2f} ± {_f(v['sd'], 2)} (n = {v['n']})")
+        gap = {k: v for k, v in measured.items() if k.startswith(f"100·ln(ppl {partner} / {arm})")}
+        entries[f"arm {arm}"] = {
+            "question": ARMS[arm][1], "measured": measured,
+            "finding": (f"CoA-LoRA at rank 64 against per-configuration LoRA at rank 64, held-out perplexity: "
+                        + "; ".join(f"{k.split(' at ')[1]} {v['mean']:+.1f} ± {_f(v['sd'], 1)}" for k, v in gap.items())
+                        + " (100·ln ratio, paired by seed; above 0: CoA-LoRA behind)."),
+        }
+    for arm in [a for a in names if a != "default" and a in results and a not in PARTNERS]:
         measured = {}
         for metric, label in (("perplexity", "ppl"), ("kl", "KL")):
             for budget, (m, sd, n) in _paired(results[arm], results["default"], metric).items():
