@@ -26,6 +26,7 @@ import torch
 from coa_lora.configs.allocate import Allocation
 from coa_lora.configs.allocation_grid import GridAllocator
 from coa_lora.configs.model_config import ModelConfig
+from coa_lora.deploy.packed import FORMAT_VERSION as PACKED_FORMAT_VERSION
 from coa_lora.evaluation.evaluator import Evaluator, Result, default_cache_dir, model_as
 from coa_lora.evaluation.generation import GenerateOptions, generate, reference_logprobs
 from coa_lora.evaluation.loglik import EvaluationCancelled, StopFn
@@ -40,6 +41,10 @@ from coa_lora.runs import read_run_info
 from coa_lora.search.in_run import probe_loss
 from coa_lora.search.run_view import RunView, open_run
 from coa_lora.storage import write_json
+
+# Results of the deployed packed model are cached under the packed format they were measured on: a new format version
+# (other bytes, another loader) does not serve an old one's numbers.
+PACKED_RUNTIME = f"packed-v{PACKED_FORMAT_VERSION}"
 
 
 @dataclass(frozen=True)
@@ -196,7 +201,7 @@ class Explorer:
             if deployed:
                 return self.evaluator.run(task, config, adapter.fingerprint() if adapter is not None else None, limit,
                                           progress, should_stop, on_items=on_items,
-                                          deployed=lambda: self._deploy(config, adapter))
+                                          deployed=lambda: self._deploy(config, adapter), runtime=PACKED_RUNTIME)
             return self.evaluator.run(task, config, limit=limit, progress=progress, should_stop=should_stop,
                                       adapter=adapter, on_items=on_items)
         finally:
@@ -340,6 +345,6 @@ class Explorer:
             return None
         try:
             key = self.adapter(run).fingerprint() if run is not None else None
-            return self.evaluator.cached(task, config, key, limit, runtime="packed" if deployed else None)
+            return self.evaluator.cached(task, config, key, limit, runtime=PACKED_RUNTIME if deployed else None)
         finally:
             self.lock.release()

@@ -1,6 +1,7 @@
 """The explorer's shared model on the tiny model: concurrent users each get their own configuration's result,
 adapters of runs attach and detach cleanly, runs are read with clear errors, compact copies evaluate but never
 resume."""
+import json
 import shutil
 import threading
 import time
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from coa_lora import ModelConfig, Workbench, preset
-from coa_lora.explorer import Explorer
+from coa_lora.explorer import PACKED_RUNTIME, Explorer
 from coa_lora.lora.trainer import TrainOptions, load_trained, train
 from coa_lora.runs import CHECKPOINT_FILE, compact_run, read_safetensors
 from coa_lora.search.run_view import open_run
@@ -195,6 +196,8 @@ def test_the_deployed_packed_model_evaluates_as_the_configuration_it_deploys_and
     assert logprobs(again.cached(task_file, config, TINY_RUN, deployed=True)) == logprobs(with_adapter)
     assert logprobs(again.evaluate(task_file, config, TINY_RUN, deployed=True)) == logprobs(with_adapter)
     assert again._deployed is None
+    stored = [json.loads(f.read_text())["key"] for f in tmp_path.glob("*.json")]
+    assert {k.get("runtime") for k in stored} == {None, PACKED_RUNTIME}  # the packed format is part of the key
     assert again.cached(task_file, ModelConfig.uniform(ex.layout, preset("nf4")), deployed=True) is None
     with pytest.raises(ValueError, match="nothing to deploy"):
         ex.evaluate(task_file, None, deployed=True)

@@ -119,6 +119,7 @@ class Evaluator:
         adapter=None,
         on_items: Optional[Callable[[TaskResult], None]] = None,
         deployed: Optional[Callable[[], torch.nn.Module]] = None,
+        runtime: str = "packed",
     ) -> Result:
         """The result of ``task`` (``"ppl"``, an embedded or harness task, or a JSONL path) under ``config``.
 
@@ -131,14 +132,15 @@ class Evaluator:
 
         ``deployed``: builds the configuration's deployed model (its packed folder loaded back with the adapter folded,
         see :meth:`coa_lora.Explorer.deployed_model`), called only when the result is not cached; that model is
-        evaluated as it is instead of the workbench's, and cached apart (runtime ``"packed"``); ``adapter_key`` names
-        the adapter folded into it (None: none).
+        evaluated as it is instead of the workbench's, and cached apart under ``runtime`` (which names the deployed
+        format, e.g. its version); ``adapter_key`` names the adapter folded into it (None: none).
         """
         if deployed is not None:
             if adapter is not None or config is None:
                 raise ValueError("A deployed model carries its configuration and adapter: pass the configuration and "
                                  "the adapter's key, not the adapter.")
-            return self._run_deployed(task, config, adapter_key, limit, progress, should_stop, on_items, deployed)
+            return self._run_deployed(task, config, adapter_key, limit, progress, should_stop, on_items, deployed,
+                                      runtime)
         if adapter is not None:
             if adapter.model is not self.workbench.model:
                 raise ValueError("The adapter wraps a different model than this evaluator's workbench.")
@@ -156,15 +158,16 @@ class Evaluator:
             result = self._score(wb.model, task, limit, reference, progress, should_stop, on_items)
         return self._store(self.key(task, config, adapter_key, limit), result)
 
-    def _run_deployed(self, task, config, adapter_key, limit, progress, should_stop, on_items, build) -> Result:
-        found = self._announced(self.cached(task, config, adapter_key, limit, runtime="packed"), on_items)
+    def _run_deployed(self, task, config, adapter_key, limit, progress, should_stop, on_items, build,
+                      runtime: str) -> Result:
+        found = self._announced(self.cached(task, config, adapter_key, limit, runtime=runtime), on_items)
         if found is not None:
             return found  # without building (exporting, loading) the deployed model
         model = build()
         reference = self._reference(limit, progress) if task == AGREEMENT_TASK else None
         with _eval_mode(model):
             result = self._score(model, task, limit, reference, progress, should_stop, on_items)
-        return self._store(self.key(task, config, adapter_key, limit, runtime="packed"), result)
+        return self._store(self.key(task, config, adapter_key, limit, runtime=runtime), result)
 
     @staticmethod
     def _announced(found: Optional[Result], on_items: Optional[Callable[[TaskResult], None]]) -> Optional[Result]:
