@@ -27,6 +27,8 @@ from coa_lora.configs.allocate import Allocation
 from coa_lora.configs.allocation_grid import GridAllocator
 from coa_lora.configs.model_config import ModelConfig
 from coa_lora.deploy.packed import FORMAT_VERSION as PACKED_FORMAT_VERSION
+from coa_lora.deploy.packed import save_packed
+from coa_lora.deploy.packed_load import load_packed
 from coa_lora.evaluation.evaluator import Evaluator, Result, default_cache_dir, model_as
 from coa_lora.evaluation.generation import GenerateOptions, generate, reference_logprobs
 from coa_lora.evaluation.loglik import EvaluationCancelled, StopFn
@@ -257,9 +259,6 @@ class Explorer:
         import hashlib
         import shutil
         import tempfile
-
-        from coa_lora.deploy.packed import save_packed
-        from coa_lora.deploy.packed_load import load_packed
 
         digest = hashlib.sha256(config.key().encode()).hexdigest()[:16]
         key = f"{self.wb.weight_hash[:16]}-{digest}-{adapter.fingerprint() if adapter is not None else 'base'}"
