@@ -10,7 +10,8 @@ import streamlit as st
 from common import ROOT, RUNS_DIR
 
 from coa_lora import plots
-from coa_lora.compare import WITHIN_TRAINED, find_comparisons, read_results, results_markdown
+from coa_lora.compare import (WITHIN_TRAINED, find_comparisons, read_reference, read_results, read_why,
+                              results_markdown)
 
 SHIPPED_DIR = Path(os.environ.get("COA_LORA_COMPARE", ROOT / "data" / "compare"))
 METRICS = {"Held-out perplexity": "perplexity", "KL from the unquantized model": "kl",
@@ -28,6 +29,8 @@ def render() -> None:
     folder = labels[st.selectbox("Comparison", list(labels), key="comparison")]
     try:
         _, _, summary = read_results(folder)
+        reference = read_reference(folder, summary["plan"])
+        why = {**(read_why(reference.folder) if reference is not None else {}), **read_why(folder)}
     except ValueError as exc:
         st.error(str(exc))
         return
@@ -42,7 +45,10 @@ def render() -> None:
     metric = {**METRICS, **tasks}[choice]
     left, right = st.columns([3, 2], gap="large")
     with left:
-        st.plotly_chart(plots.compare_quality_figure(cells, metric, plan["budgets"]), key="compare_quality")
+        earlier = pd.DataFrame(reference.summary["cells"]) if reference is not None else None
+        st.plotly_chart(plots.compare_quality_figure(cells, metric, plan["budgets"], reference=earlier,
+                                                     reference_label=reference.label if reference else "reference"),
+                        key="compare_quality")
         st.caption("Lines: mean over seeds; bands: ± one standard deviation. Filled circles: budgets the "
                    "per-configuration adapters were trained for; open diamonds: budgets no method trained on (there "
                    "a per-configuration LoRA uses the adapter trained nearest, as a user without CoA-LoRA would).")
@@ -58,8 +64,23 @@ def render() -> None:
         if ratio is not None:
             st.metric("CoA-LoRA time / per-configuration runs", f"{ratio['mean']:.2f} x",
                       help=f"Per seed, mean over {ratio['n']} seed(s); the target is ≤ 0.35 x.")
+    if reference is not None:
+        st.caption(f"Dashed lines: the earlier comparison at {reference.label} ({reference.folder.name}), kept for "
+                   "reference.")
+    if "verdict" in why:
+        _why(why["verdict"])
     with st.expander("The report (docs/RESULTS.md is this, generated from the same files)"):
-        st.markdown(results_markdown(summary))
+        st.markdown(results_markdown(summary, why, reference))
+
+
+def _why(verdict: dict) -> None:
+    """#37's answer: how much of CoA-LoRA's gap each measured factor explains (bench/why.py's verdict)."""
+    st.subheader("Why CoA-LoRA trails a LoRA per configuration")
+    which = st.radio("Gap in", ["held-out perplexity", "KL from the unquantized model"], horizontal=True,
+                     key="why_metric")
+    metric = "ppl" if which == "held-out perplexity" else "KL"
+    st.plotly_chart(plots.why_gap_figure(verdict["measured"], metric), key="why_gap")
+    st.caption(verdict["finding"])
 
 
 render()

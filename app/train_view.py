@@ -28,7 +28,8 @@ def render() -> None:
         c1, c2, c3 = st.columns(3)
         low, high = c1.slider("Initial budgets (bits)", 2.1, 8.6, (DEFAULT_LOW_BITS, DEFAULT_HIGH_BITS), 0.05)
         n_budgets = c2.number_input("Number of initial budgets", 2, 50, 10, key="train_n_budgets")
-        rank = c3.number_input("LoRA rank r", 1, 64, 8)
+        rank = c3.number_input("LoRA rank r", 1, 256, TrainOptions.rank, help="alpha = 2 x r; 64 (the official code's) "
+                               "beat 8 over 3 seeds on SmolLM2 (docs/RESULTS.md, Why)")
         c1, c2, c3, c4 = st.columns(4)
         steps = c1.number_input("Steps", 2, 10_000, 60, key="train_steps", help="~11 s a step on SmolLM2 with 2 CPU cores")
         rounds = c2.number_input("Rounds R", 1, 20, 3)

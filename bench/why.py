@@ -16,7 +16,7 @@ Per method and budget, paired by seed: the KL from the unquantized model that re
 and held-out perplexity against the unquantized model's (measured once, same windows): below 1 the adapter has
 adapted to the text beyond what the unquantized model knows.
 
-    python bench/why.py --factor repair --compare runs/compare-smollm2-a runs/compare-smollm2-b --out data/compare/smollm2
+    python bench/why.py --factor repair --compare runs/compare-smollm2-a runs/compare-smollm2-b --out data/compare/smollm2-rank8
 
 Factor ``arms`` (training): CoA-LoRA with one setting changed at a time, the search off so each arm is one plain
 training, at the budgets where the damage is largest (2.5 and 3.0 bits trained by per-configuration LoRA, 2.75
@@ -24,9 +24,9 @@ unseen). Each arm is a small comparison of its own (``runs/why/<arm>``: resumabl
 its effect is 100·ln(metric_arm / metric_default) paired by seed, mean ± sd, for held-out perplexity and KL, and,
 with ``--compare``, the gap to the comparison's per-configuration LoRA of the same seeds before and after:
 
-    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms default,kd --seeds 0,1,2 --out data/compare/smollm2 \
+    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms default,kd --seeds 0,1,2 --out data/compare/smollm2-rank8 \
         --compare runs/compare-smollm2-a runs/compare-smollm2-b &
-    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 --out data/compare/smollm2 \
+    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 --out data/compare/smollm2-rank8 \
         --compare runs/compare-smollm2-a runs/compare-smollm2-b &
     python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 --no-train ...   # report once default ended
 

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "lowest and highest keeping their initial share), stratified (every initial configuration "
                         "keeps its share, shared with the members added near it), quasi (evenly over all members) or "
                         "random (a uniform k-subset per step)")
-    p.add_argument("--rank", type=int, help="LoRA rank r (default 8)")
+    p.add_argument("--rank", type=int, help="LoRA rank r (default 64; alpha defaults to 2 x 64)")
     p.add_argument("--objective", choices=["lm", "kd"], help="lm: next-token loss; kd: distil the unquantized model")
     p.add_argument("--budgets", help="comma-separated bit budgets of the configuration set (qlora/lqlora: one); "
                                      "default: 10 evenly over 2.5-7.25")
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: all three)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2,3,4; --quick: 0,1)")
     p.add_argument("--steps", type=int, help="optimiser steps per adapter (default 60; --quick: 6)")
+    p.add_argument("--rank", type=int, help="LoRA rank of every adapter, alpha = 2 x rank (default 64, the official "
+                                            "code's, chosen by #37's arms; --quick: 4)")
     p.add_argument("--budgets", help="comma-separated budgets the per-configuration methods train on (default "
                                      "2.5,3,3.5,4)")
     p.add_argument("--unseen", help="comma-separated budgets only evaluated (default 2.75,3.25; '' for none)")
@@ -129,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", type=Path, nargs="+", metavar="FOLDER",
                    help="train nothing: merge the results of comparisons of one plan run side by side on disjoint "
                         "seeds into --out (finished seeds so far)")
+    p.add_argument("--reference", type=Path, metavar="FOLDER",
+                   help="an earlier comparison whose numbers the report keeps as rows (remembered in --out)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="model dtype (default: float32)")
     return parser

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from coa_lora.compare.plan import LABELS, PER_CONFIG
+from coa_lora.compare.reference import Reference
 from coa_lora.compare.report import TIME_TARGET, WITHIN_TRAINED
 
 METRIC_NAMES = {"perplexity": "held-out perplexity (lower is better)",
@@ -12,8 +13,10 @@ METRIC_NAMES = {"perplexity": "held-out perplexity (lower is better)",
                 "top1": "top-1 agreement with the unquantized model (higher is better)"}
 
 
-def results_markdown(summary: dict, why: dict | None = None) -> str:
-    """The report; ``why`` (a comparison folder's why.json, written by bench/why.py) adds the diagnosis section."""
+def results_markdown(summary: dict, why: dict | None = None, reference: Reference | None = None) -> str:
+    """The report; ``why`` (a comparison folder's why.json, written by bench/why.py) adds the diagnosis section,
+    ``reference`` (an earlier comparison, :func:`coa_lora.compare.reference.read_reference`) a row per method with its
+    numbers, marked with its label."""
     plan = summary["plan"]
     budgets = sorted(set(plan["budgets"]) | set(plan["unseen"]))
     lines = [
@@ -29,12 +32,16 @@ def results_markdown(summary: dict, why: dict | None = None) -> str:
         f"{summary['estimate_seconds'] / 60:.1f} min estimated before it started"
         f"{'' if summary.get('finished') else ' (not finished yet: partial results)'}.",
         "- Budgets marked * were trained by no method (per-configuration LoRA uses the adapter trained nearest).",
-        "",
     ]
+    if reference is not None:
+        label, ref = reference.label, reference.summary
+        lines.append(f"- Rows marked \"{label}\" are the earlier comparison kept for reference (`{ref['command']}`, "
+                     f"seeds {ref['plan']['seeds']}, {ref['date']}).")
+    lines.append("")
     for metric in ("perplexity", "kl", "top1"):
-        lines += _method_table(summary, metric, budgets, plan)
+        lines += _method_table(summary, metric, budgets, plan, reference)
     for task in plan["tasks"]:
-        lines += _method_table(summary, f"{task}.acc", budgets, plan)
+        lines += _method_table(summary, f"{task}.acc", budgets, plan, reference)
     lines += _gap_tables(summary, plan)
     lines += _time_lines(summary)
     lines += _why_lines(why or {})
@@ -42,16 +49,36 @@ def results_markdown(summary: dict, why: dict | None = None) -> str:
 
 
 def _why_lines(why: dict) -> list[str]:
-    """One row per diagnosed factor (#37): the question, what was measured over seeds, what it says, the command."""
+    """One subsection per diagnosed factor (#37), the verdict first: the question, what it says, what was measured over
+    seeds (a column per budget where the measurement names one), the command."""
     if not why:
         return []
     lines = ["", "## Why CoA-LoRA trails a LoRA per configuration: the factors measured", "",
-             "Each factor measured on its own against the comparison's adapters (bench/why.py); mean ± sd over seeds.",
-             "", "| Factor | Question | Measured | Finding | Command |", "|---|---|---|---|---|"]
-    for factor, entry in why.items():
-        measured = "; ".join(f"{name}: {m['mean']:.3g} ± {_sd(m['sd'])} (n = {m['n']})"
-                             for name, m in entry["measured"].items())
-        lines.append(f"| {factor} | {entry['question']} | {measured} | {entry['finding']} | `{entry['command']}` |")
+             "Each factor measured on its own against the comparison's adapters (bench/why.py); mean ± sd (n seeds).",
+             ""]
+    for factor in sorted(why, key=lambda f: f != "verdict"):
+        entry = why[factor]
+        lines += [f"### {factor}: {entry['question']}", "", entry["finding"], ""]
+        lines += _measured_table(entry["measured"])
+        lines += ["", f"`{entry['command']}`", ""]
+    return lines
+
+
+def _measured_table(measured: dict) -> list[str]:
+    """``{"<what> at <b> bits": value}`` as a row per <what>, a column per budget; names without one: one column."""
+    rows: dict[str, dict[str, dict]] = {}
+    for name, value in measured.items():
+        what, sep, where = name.rpartition(" at ")
+        if not (sep and where.endswith(" bits")):
+            what, where = name, "value"
+        what = what.removesuffix(",")
+        rows.setdefault(what, {})[where] = value
+    columns = list(dict.fromkeys(where for cells in rows.values() for where in cells))
+    lines = ["| Measured | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for what, cells in rows.items():
+        shown = [f"{c['mean']:.3g} ± {_sd(c['sd'])} ({c['n']})" if (c := cells.get(where)) else "–"
+                 for where in columns]
+        lines.append(f"| {what} | " + " | ".join(shown) + " |")
     return lines
 
 
@@ -67,32 +94,43 @@ def _cell(cells: dict, method: str, budget: float, metric: str, digits: int) -> 
     return f"{c['mean']:.{digits}f} ± {sd} ({c['n']})"
 
 
-def _method_table(summary: dict, metric: str, budgets: list[float], plan: dict) -> list[str]:
-    cells = {(c["method"], c["budget"], c["metric"]): c for c in summary["cells"]}
+def _method_table(summary: dict, metric: str, budgets: list[float], plan: dict,
+                  reference: Reference | None = None) -> list[str]:
     digits = {"perplexity": 2, "kl": 4}.get(metric, 3)
     name = METRIC_NAMES.get(metric, metric.replace(".acc", ": accuracy (acc, higher is better)"))
     title = name[0].upper() + name[1:] if metric in METRIC_NAMES else name
     mark = {b: "" if b in plan["budgets"] else "*" for b in budgets}
-    methods = {m["method"]: m for m in summary["methods"]}
-    gap_key = {(g["method"], g["budget"]): g for g in summary["gaps"] if g["other"] == "qlora"
-               and g["metric"] == metric}
     head = ["Method", "Adapters", "Training time (min)"] + [f"{b:g} bits{mark[b]}" for b in budgets]
     with_gap = metric in ("perplexity", "kl") and "qlora" in plan["methods"]
     if with_gap:
         head.append("Mean gap to per-config LoRA, % (ln ratio)")
     lines = [f"## {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method in ["base", *plan["methods"]]:
+    lines += _method_rows(summary, metric, budgets, ["base", *plan["methods"]], digits, with_gap, "")
+    if reference is not None:  # the quantized base is the same model in both: its row is not repeated
+        label, ref = reference.label, reference.summary
+        lines += _method_rows(ref, metric, budgets, ref["plan"]["methods"], digits, with_gap, f", {label}")
+    return lines + [""]
+
+
+def _method_rows(summary: dict, metric: str, budgets: list[float], methods_shown: list[str], digits: int,
+                 with_gap: bool, suffix: str) -> list[str]:
+    cells = {(c["method"], c["budget"], c["metric"]): c for c in summary["cells"]}
+    methods = {m["method"]: m for m in summary["methods"]}
+    gap_key = {(g["method"], g["budget"]): g for g in summary["gaps"] if g["other"] == "qlora"
+               and g["metric"] == metric}
+    lines = []
+    for method in methods_shown:
         info = methods.get(method)
         minutes = ("–" if info is None or info["train_seconds"] is None
                    else f"{info['train_seconds']['mean'] / 60:.1f} ± {info['train_seconds']['sd'] / 60:.1f}"
                    f" ({info['train_seconds']['n']})")
         adapters = "0" if info is None else str(info["adapters"])
-        row = [LABELS[method], adapters, minutes] + [_cell(cells, method, b, metric, digits) for b in budgets]
+        row = [LABELS[method] + suffix, adapters, minutes] + [_cell(cells, method, b, metric, digits) for b in budgets]
         if with_gap:
             mine = [gap_key[(method, b)]["mean"] for b in budgets if (method, b) in gap_key]
             row.append("–" if not mine or method in PER_CONFIG else f"{sum(mine) / len(mine):+.1f}")
         lines.append("| " + " | ".join(row) + " |")
-    return lines + [""]
+    return lines
 
 
 def _gap_tables(summary: dict, plan: dict) -> list[str]:

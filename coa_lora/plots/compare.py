@@ -30,11 +30,13 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 
 def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[float],
-                           title: str | None = None) -> go.Figure:
+                           title: str | None = None, reference: pd.DataFrame | None = None,
+                           reference_label: str = "reference") -> go.Figure:
     """One line per method: mean over seeds against bits, a band of ± one sd, filled circles at trained budgets and
     open diamonds at unseen ones.
 
-    ``cells``: the summary's cells (``method, budget, metric, mean, sd, n``)."""
+    ``cells``: the summary's cells (``method, budget, metric, mean, sd, n``); ``reference``: an earlier comparison's
+    cells, drawn as thin dashed lines named "<method>, <reference_label>" (the quantized base is not repeated)."""
     fig = go.Figure()
     frame = cells[cells["metric"] == metric].sort_values("budget")
     trained = set(trained)
@@ -55,6 +57,17 @@ def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[f
             customdata=list(zip(sd, rows["n"], ["trained" if s else "unseen" for s in seen])),
             hovertemplate=f"{label}<br>%{{x:g}} bits (%{{customdata[2]}})<br>%{{y:.4g}} ± %{{customdata[0]:.3g}} "
                           "over %{customdata[1]} seed(s)<extra></extra>"))
+    if reference is not None:
+        earlier = reference[(reference["metric"] == metric) & (reference["method"] != "base")].sort_values("budget")
+        for method in [m for m in METHOD_LABELS if m in set(earlier["method"])]:
+            rows = earlier[earlier["method"] == method]
+            label = f"{METHOD_LABELS[method]}, {reference_label}"
+            fig.add_trace(go.Scatter(
+                x=rows["budget"], y=rows["mean"], mode="lines+markers", name=label, opacity=0.55,
+                line=dict(color=METHOD_COLORS[method], width=1.5, dash="dash"), marker=dict(size=5),
+                customdata=list(zip(rows["sd"].fillna(0.0), rows["n"])),
+                hovertemplate=f"{label}<br>%{{x:g}} bits<br>%{{y:.4g}} ± %{{customdata[0]:.3g}} over "
+                              "%{customdata[1]} seed(s)<extra></extra>"))
     for b in sorted(trained):
         fig.add_vline(x=b, line=dict(color="#dddddd", width=1))
     if metric in ("perplexity", "kl"):
@@ -110,3 +123,32 @@ def compare_gap_figure(gaps: pd.DataFrame, metric: str, other: str = "qlora", wi
     return layout_figure(fig, title or f"against {METHOD_LABELS.get(other, other)}: 100·ln ratio of {name}",
                          "average bits per weight", f"100·ln({name} / {METHOD_LABELS.get(other, other)})",
                          height=400)
+
+
+def why_gap_figure(verdict: dict, metric: str = "ppl") -> go.Figure:
+    """The diagnosis' verdict (bench/why.py, #37) as bars: CoA-LoRA's gap to per-configuration LoRA per budget under
+    each setting measured (as compared, both at rank 64, CoA-LoRA with twice the steps, ...), mean ± sd over seeds.
+
+    ``verdict``: the verdict entry's ``measured``, ``{"<metric> gap, <setting>, at <b> bits": {mean, sd, n}}``."""
+    rows = []
+    for name, value in verdict.items():
+        head, _, budget = name.rpartition(", at ")
+        which, _, setting = head.partition(" gap, ")
+        if which == metric and budget.endswith(" bits"):
+            rows.append((setting, budget, value))
+    fig = go.Figure()
+    fig.add_hline(y=0, line=dict(color="#999999", width=1))
+    settings = list(dict.fromkeys(r[0] for r in rows))
+    for k, setting in enumerate(settings):
+        mine = [r for r in rows if r[0] == setting]
+        fig.add_trace(go.Bar(
+            x=[r[1] for r in mine], y=[r[2]["mean"] for r in mine], name=setting,
+            marker_color=PALETTE[k % len(PALETTE)],
+            error_y=dict(type="data", array=[r[2]["sd"] or 0.0 for r in mine], visible=True),
+            customdata=[(r[2]["sd"] or 0.0, r[2]["n"]) for r in mine],
+            hovertemplate=f"{setting}<br>%{{x}}: %{{y:+.1f}} ± %{{customdata[0]:.1f}} over %{{customdata[1]}} seeds"
+                          "<extra></extra>"))
+    fig.update_layout(barmode="group")
+    name = {"ppl": "held-out perplexity", "KL": "KL from the unquantized model"}.get(metric, metric)
+    return layout_figure(fig, f"CoA-LoRA against per-configuration LoRA: 100·ln ratio of {name} (above 0: behind)",
+                         "budget", "100·ln(CoA-LoRA / per-configuration LoRA)", height=420)

@@ -4,18 +4,21 @@ to the same numbers; a plan that cannot run is refused before anything trains.""
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from coa_lora.cli import main
-from coa_lora.compare import ComparePlan, merge_results, read_results, results_markdown, run_comparison
+from coa_lora.compare import (ComparePlan, merge_results, read_reference, read_results, read_why, results_markdown,
+                              run_comparison)
 from coa_lora.compare.report import gaps, time_ratio
 from coa_lora.lora import Workbench
 from coa_lora.runs import read_run_info
 
 # The kill-and-resume plan: the smallest with a per-configuration and a CoA-LoRA run (a search resumes exactly in
 # tests/search/test_in_run.py; the quick comparison runs one).
+SHIPPED_DIR = Path(__file__).resolve().parents[2] / "data" / "compare"
 SMALL = ComparePlan.quick(methods=("qlora", "coa"), seeds=(0,), budgets=(2.5,), unseen=(3.0,), steps=4, search="off")
 
 
@@ -54,6 +57,27 @@ def test_quick_comparison_trains_evaluates_reports_and_resumes_without_work(tmp_
     # An adapter of the comparison evaluates with the ordinary eval command.
     assert main(["eval", "--run", str(out / "runs" / "coa-seed0"), "--budget", "3.0", "--tasks", "ppl", "--limit",
                  "1", "--no-cache", "--json"]) == 0
+    # An earlier comparison (the shipped SmolLM2 one) kept as reference rows: remembered in the folder, its numbers
+    # as rows labelled with what its plan sets differently, its diagnosis as the report's Why section.
+    shipped = SHIPPED_DIR / "smollm2-rank8"
+    assert main(["compare", "--quick", "--out", str(out), "--reference", str(shipped)]) == 0
+    _, _, summary = read_results(out)  # this command's own (its wall time)
+    reference = read_reference(out, summary["plan"])
+    _, _, theirs = read_results(shipped)
+    assert reference.folder.resolve() == shipped.resolve() and reference.summary == theirs
+    assert reference.label == f"model smollm2, rank {theirs['plan']['rank']}, 60 steps"  # the quick plan: 6 steps
+    markdown = (out / "RESULTS.md").read_text()
+    coa = [c for c in theirs["cells"] if (c["method"], c["budget"], c["metric"]) == ("coa", 2.5, "perplexity")][0]
+    row = next(line for line in markdown.splitlines() if line.startswith(f"| CoA-LoRA, {reference.label} |"))
+    assert f"| {coa['mean']:.2f} ± {coa['sd']:.2f} ({coa['n']}) |" in row
+    assert markdown.count(f", {reference.label} |") == 3 * 4  # three methods in each of the four tables
+    assert "## Why" in markdown and markdown == results_markdown(summary, read_why(shipped), reference)
+    # A bad reference is one sentence and changes nothing on disk.
+    before = (out / "reference.json").read_bytes()
+    for bad in (out, tmp_path / "nothing-here"):
+        assert main(["compare", "--quick", "--out", str(out), "--reference", str(bad)]) == 2
+        assert "--reference" in capsys.readouterr().err
+    assert (out / "reference.json").read_bytes() == before and (out / "RESULTS.md").read_text() == markdown
 
 
 class Killed(Exception):
@@ -155,21 +179,29 @@ def test_gaps_are_paired_by_seed_and_time_ratios_by_seed():
 
 
 def test_a_diagnosis_file_becomes_the_reports_why_section_and_a_bad_one_is_one_sentence(tmp_path):
-    from pathlib import Path
-
     from coa_lora.compare import read_why
 
-    shipped = Path(__file__).resolve().parents[2] / "data" / "compare" / "smollm2"
-    _, _, summary = read_results(shipped)
+    _, _, summary = read_results(SHIPPED_DIR / "smollm2-rank8")
     assert read_why(tmp_path) == {} and "## Why" not in results_markdown(summary, read_why(tmp_path))
     entry = {"question": "Does U vary?", "finding": "Barely.", "command": "python bench/why.py --factor spread",
              "measured": {"share": {"mean": 0.1234, "sd": 0.0051, "n": 5}, "one seed": {"mean": 2.0, "sd": None,
                                                                                       "n": 1}}}
-    (tmp_path / "why.json").write_text(json.dumps({"spread": entry}))
-    text = results_markdown(summary, read_why(tmp_path))
-    row = text.split("## Why", 1)[1].splitlines()[-1]
-    assert row == ("| spread | Does U vary? | share: 0.123 ± 0.0051 (n = 5); one seed: 2 ± – (n = 1) | Barely. | "
-                   "`python bench/why.py --factor spread` |")
+    arm = {"question": "Rank 64?", "finding": "Better.", "command": "python bench/why.py --factor arms",
+           "measured": {"ppl at 2.5 bits": {"mean": -47.04, "sd": 7.9, "n": 3},
+                        "ppl at 3 bits": {"mean": -10.2, "sd": 1.6, "n": 3},
+                        "KL at 3 bits": {"mean": -4.5, "sd": 0.9, "n": 3}}}
+    (tmp_path / "why.json").write_text(json.dumps({"spread": entry, "arm rank-64": arm, "verdict": arm}))
+    text = results_markdown(summary, read_why(tmp_path)).split("## Why", 1)[1]
+    # The verdict comes first; each factor is a subsection with its finding, a table and its command.
+    assert [line for line in text.splitlines() if line.startswith("### ")] == [
+        "### verdict: Rank 64?", "### spread: Does U vary?", "### arm rank-64: Rank 64?"]
+    spread = text.split("### spread", 1)[1].split("###", 1)[0]
+    assert "| Measured | value |" in spread and "| share | 0.123 ± 0.0051 (5) |" in spread
+    assert "| one seed | 2 ± – (1) |" in spread and "`python bench/why.py --factor spread`" in spread
+    # Measurements naming a budget become one row per quantity, a column per budget ("–" where not measured).
+    rank = text.split("### arm rank-64", 1)[1]
+    assert "| Measured | 2.5 bits | 3 bits |" in rank
+    assert "| ppl | -47 ± 7.9 (3) | -10.2 ± 1.6 (3) |" in rank and "| KL | – | -4.5 ± 0.9 (3) |" in rank
     (tmp_path / "why.json").write_text(json.dumps({"spread": {"question": "?"}}))
     with pytest.raises(ValueError, match="is not a diagnosis file"):
         read_why(tmp_path)
