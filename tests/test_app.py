@@ -222,6 +222,34 @@ def test_compare_view_draws_each_method_against_bits_with_its_seed_band_and_the_
     assert "top-1" in quality[0]["layout"]["title"]["text"] and quality[0]["layout"]["yaxis"].get("type") != "log"
 
 
+def test_compare_view_shows_a_reference_comparison_dashed_and_the_diagnosis_verdict(tmp_path, monkeypatch):
+    import shutil
+
+    from coa_lora.compare import read_why, write_reference
+
+    # The tiny comparison with the shipped SmolLM2 rank-8 comparison (and its why.json) as its reference.
+    folder = tmp_path / "compare" / "tiny-quick"
+    shutil.copytree(TINY_COMPARE / "tiny-quick", folder)
+    shipped = ROOT / "data" / "compare" / "smollm2-rank8"
+    write_reference(folder, shipped)
+    monkeypatch.setenv("COA_LORA_COMPARE", str(folder.parent))
+    at = app()
+    at.switch_page("compare_view.py").run()
+    assert not at.exception and not at.error, messages(at)
+    quality = [f for f in figures(at) if "trained budgets" in f["layout"]["title"]["text"]][0]
+    dashed = [tr["name"] for tr in quality["data"] if tr.get("line", {}).get("dash") == "dash"]
+    assert sorted(dashed) == sorted(f"{m}, model smollm2, rank 8, 60 steps" for m in
+                                    ("Per-configuration LoRA", "Shared-LoRA", "CoA-LoRA"))
+    verdict = read_why(shipped)["verdict"]
+    why = [f for f in figures(at) if "CoA-LoRA against per-configuration LoRA" in f["layout"]["title"]["text"]]
+    assert why and "perplexity" in why[0]["layout"]["title"]["text"]
+    assert any(verdict["finding"] == c.value for c in at.caption)
+    at.radio(key="why_metric").set_value("KL from the unquantized model").run()
+    why = [f for f in figures(at) if "CoA-LoRA against per-configuration LoRA" in f["layout"]["title"]["text"]]
+    bar = why[0]["data"][0]
+    assert bar["y"][0] == verdict["measured"][f"KL gap, {bar['name']}, at {bar['x'][0]}"]["mean"]
+
+
 def test_a_link_reopens_a_page_at_a_budget_with_tasks_and_a_bad_one_gets_a_sentence():
     from streamlit.testing.v1 import AppTest
 
