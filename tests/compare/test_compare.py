@@ -205,3 +205,18 @@ def test_a_diagnosis_file_becomes_the_reports_why_section_and_a_bad_one_is_one_s
     (tmp_path / "why.json").write_text(json.dumps({"spread": {"question": "?"}}))
     with pytest.raises(ValueError, match="is not a diagnosis file"):
         read_why(tmp_path)
+
+
+def test_a_target_is_judged_only_over_five_seeds_or_more():
+    import copy
+
+    _, _, summary = read_results(SHIPPED_DIR / "smollm2-rank8")  # five seeds: every target judged
+    rows = [line for line in results_markdown(summary).split("## CoA-LoRA against the others", 1)[1].splitlines()
+            if line.startswith("| Per-configuration LoRA | perplexity |")]
+    assert rows and all(line.endswith(("| yes |", "| no |")) for line in rows)
+    fewer = copy.deepcopy(summary)
+    for gap in fewer["gaps"]:
+        gap["n"] = 3
+    rows = [line for line in results_markdown(fewer).split("## CoA-LoRA against the others", 1)[1].splitlines()
+            if line.startswith("| Per-configuration LoRA | perplexity |")]
+    assert rows and all(line.endswith("| n < 5 |") for line in rows)
