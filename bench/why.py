@@ -16,7 +16,8 @@ Per method and budget, paired by seed: the KL from the unquantized model that re
 and held-out perplexity against the unquantized model's (measured once, same windows): below 1 the adapter has
 adapted to the text beyond what the unquantized model knows.
 
-    python bench/why.py --factor repair --compare runs/compare-smollm2-a runs/compare-smollm2-b --out data/compare/smollm2-rank8
+    python bench/why.py --factor repair --compare runs/compare-smollm2-a runs/compare-smollm2-b \
+        --out data/compare/smollm2-rank8
 
 Factor ``arms`` (training): CoA-LoRA with one setting changed at a time, the search off so each arm is one plain
 training, at the budgets where the damage is largest (2.5 and 3.0 bits trained by per-configuration LoRA, 2.75
@@ -24,10 +25,10 @@ unseen). Each arm is a small comparison of its own (``runs/why/<arm>``: resumabl
 its effect is 100·ln(metric_arm / metric_default) paired by seed, mean ± sd, for held-out perplexity and KL, and,
 with ``--compare``, the gap to the comparison's per-configuration LoRA of the same seeds before and after:
 
-    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms default,kd --seeds 0,1,2 --out data/compare/smollm2-rank8 \
-        --compare runs/compare-smollm2-a runs/compare-smollm2-b &
-    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 --out data/compare/smollm2-rank8 \
-        --compare runs/compare-smollm2-a runs/compare-smollm2-b &
+    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms default,kd --seeds 0,1,2 \
+        --out data/compare/smollm2-rank8 --compare runs/compare-smollm2-a runs/compare-smollm2-b &
+    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 \
+        --out data/compare/smollm2-rank8 --compare runs/compare-smollm2-a runs/compare-smollm2-b &
     python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 --no-train ...   # report once default ended
 
 Last line: one JSON object.
@@ -202,6 +203,11 @@ ARMS = {
     "qlora-steps-2x": ({"steps": 120, "methods": ("qlora",)}, "Per-configuration LoRA at twice the steps too: is the "
                                                              "steps-2x arm's gain training that every method gets?"),
     "stratified": ({"train": {"draws": "stratified"}}, "Draws: every initial configuration keeps its share."),
+    # Factor 1's levers (spread by arm: U_θ's configuration-dependent share still grows at 120 steps).
+    "u-lr-10x": ({"train": {"u_lr_scale": 10.0}}, "U_θ's learning rate 10x the adapter's: is its configuration-"
+                                                   "dependent part slow to learn?"),
+    "u-init": ({"train": {"u_init_std": 1e-3}}, "U_θ's last layer drawn from N(0, 1e-3²) as in the official code, "
+                                                "not zero: do the layers before it learn from the first step?"),
 }
 ARM_BUDGETS, ARM_UNSEEN = (2.5, 3.0), (2.75,)
 # A per-configuration arm is compared with per-configuration LoRA at the default rank, and its CoA-LoRA partner with it.

@@ -25,7 +25,8 @@ PER_CONFIG = ("qlora",)
 LABELS = {"qlora": "Per-configuration LoRA", "shared": "Shared-LoRA", "coa": "CoA-LoRA", "base": "Quantized base"}
 # TrainOptions fields a plan may set for every run (the others follow the method, seed and budget).
 TRAIN_FIELDS = ("batch_size", "seq_length", "lr", "warmup", "configs_per_step", "checkpoint_every", "eval_every",
-                "probe_windows", "probe_configs", "rounds", "segments", "proposals", "objective", "draws")
+                "probe_windows", "probe_configs", "rounds", "segments", "proposals", "objective", "draws",
+                "u_lr_scale", "u_init_std")
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,15 @@ class AdapterOptions:
     lora_dropout: float = 0.05  # on the adapter's input only, as in peft
     embed_dim: int = 16  # per-field embedding width of U_θ; 7 fields are concatenated
     hidden_dim: int = 64  # U_θ's hidden width: θ stays tiny next to A and B
+    # U_θ's last layer at initialisation: 0 makes I + U = I exactly (and the layers before it get no gradient until
+    # it moves); the official code draws it from N(0, 1e-3²).
+    u_init_std: float = 0.0
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.embed_dim < 1 or self.hidden_dim < 1:
             raise ValueError(f"r, embed_dim and hidden_dim must be positive integers, got {self}.")
+        if not (0.0 <= self.u_init_std < float("inf")):
+            raise ValueError(f"u_init_std must be a finite number >= 0, got {self.u_init_std}.")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -114,11 +119,12 @@ class ConfigNetwork(nn.Module):
 
     Features are the five option ordinals (field sizes 4, 4, 3, 3, 3, :data:`~coa_lora.quant.space.FIELD_VALUES` order),
     the block index and the module-kind index. Each gets a learned embedding; concat -> LayerNorm -> Linear -> SiLU
-    -> Linear(r·r). The last layer starts at zero, so I + U = I exactly at initialisation.
+    -> Linear(r·r). The last layer's bias starts at zero and its weight at zero (``init_std`` 0: I + U = I exactly at
+    initialisation) or drawn from N(0, init_std²).
     """
 
     def __init__(self, r: int, n_layers: int, n_kinds: int, embed_dim: int = 16, hidden_dim: int = 64,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, init_std: float = 0.0):
         super().__init__()
         self.r = r
         sizes = [len(v) for v in FIELD_VALUES.values()] + [n_layers, n_kinds]
@@ -134,6 +140,8 @@ class ConfigNetwork(nn.Module):
             self.hidden.bias.uniform_(-bound, bound, generator=generator)
             self.out.weight.zero_()
             self.out.bias.zero_()
+            if init_std > 0:  # drawn last: the zero-start default keeps the generator's stream of runs made before
+                self.out.weight.normal_(0.0, init_std, generator=generator)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.ndim != 2 or features.shape[1] != len(self.embeddings):
@@ -183,7 +191,7 @@ class CoALoRAModel:
             device = next(iter(self.wrappers.values())).lora_A.weight.device
             n_layers = max(t.layer for t in self.layout.targets) + 1
             self.network = ConfigNetwork(options.r, n_layers, len(self.kinds), options.embed_dim, options.hidden_dim,
-                                         generator).to(device)
+                                         generator, options.u_init_std).to(device)
         self._features: dict[str, torch.Tensor] = {}
 
     # ----- parameters -------------------------------------------------------------------------------------------

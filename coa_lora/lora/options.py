@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
+import torch
+
 from coa_lora.lora.adapter import AdapterOptions
 from coa_lora.search.in_run import SEARCH_MODES
 
@@ -52,13 +54,17 @@ class TrainOptions:
     # random k-subset each step, as the first runs did).
     draws: str = "anchored"
     # Rank 64 and alpha / r = 2 (the official code's rank) since #37: over 3 seeds on SmolLM2 rank 64 lowered
-    # CoA-LoRA's held-out perplexity by 47 / 23 / 10 % at 2.5 / 2.75 / 3 bits against rank 8 (bench/why.py, arm rank-64).
+    # CoA-LoRA's held-out perplexity by 47 / 23 / 10 % at 2.5 / 2.75 / 3 bits against rank 8 (bench/why.py, rank-64).
     rank: int = 64
     alpha: float = 128.0
     dropout: float = 0.05
     lr: float = 1e-3
     warmup: int = 6  # linear warm-up steps, then cosine decay to 0
     weight_decay: float = 0.0
+    # U_θ's two levers (#37, factor 1): its learning rate as a multiple of ``lr`` (its own optimiser group when not 1)
+    # and the spread of its last layer's initial weights (0: I + U = I exactly; the official code uses 1e-3).
+    u_lr_scale: float = 1.0
+    u_init_std: float = 0.0
     grad_clip: float = 1.0  # max global L2 norm; 0 turns clipping off
     grad_accumulation: int = 1  # micro-batches per optimiser step
     batch_size: int = 4  # windows per micro-batch
@@ -104,6 +110,8 @@ class TrainOptions:
             raise ValueError(f"TrainOptions.{bad[0]} must be a positive integer, got {getattr(self, bad[0])}.")
         if not self.budgets:
             raise ValueError("TrainOptions.budgets needs at least one budget.")
+        if not (0.0 < self.u_lr_scale < float("inf")):
+            raise ValueError(f"TrainOptions.u_lr_scale must be a positive number, got {self.u_lr_scale}.")
         if self.search not in SEARCH_MODES:
             raise ValueError(f"Unknown search mode {self.search!r}; choose one of {SEARCH_MODES}.")
         if self.search != "off" and self.method in SINGLE_CONFIG_METHODS:
@@ -120,7 +128,7 @@ class TrainOptions:
                              f"(one run per budget), got {len(self.budgets)}.")
 
     def adapter_options(self) -> AdapterOptions:
-        return AdapterOptions(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout)
+        return AdapterOptions(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, u_init_std=self.u_init_std)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -140,6 +148,16 @@ class TrainOptions:
         """The options of a run as its run.json holds them: an option added since takes the value runs made before
         it had (``draws``: they drew their configurations uniformly at random), so they resume exactly."""
         return cls.from_dict({"draws": "random", **d})
+
+
+def param_groups(params: Mapping[str, torch.nn.Parameter], options: TrainOptions) -> list[dict]:
+    """The optimiser's groups: one, or U_θ's parameters (``network.*``) in a second with ``lr_scale`` =
+    ``options.u_lr_scale``. One group when the scale is 1, so runs made before resume with their optimiser state."""
+    if options.u_lr_scale == 1.0:
+        return [{"params": list(params.values()), "lr_scale": 1.0}]
+    network = [p for n, p in params.items() if n.startswith("network.")]
+    rest = [p for n, p in params.items() if not n.startswith("network.")]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": network, "lr_scale": options.u_lr_scale}]
 
 
 def lr_at(step: int, options: TrainOptions) -> float:

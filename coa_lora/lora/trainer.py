@@ -41,6 +41,7 @@ from coa_lora.lora.options import (  # noqa: F401 (the options were defined here
     TrainOptions,
     even_budgets,
     lr_at,
+    param_groups,
 )
 from coa_lora.lora.step import accumulate_gradients, step_draws, step_gradients  # noqa: F401 (still importable here)
 from coa_lora.models.data import play_windows, plays, token_windows
@@ -163,7 +164,7 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
         lqlora_init_(coa)
         lq_bases = {n: w.base_layer.weight.data for n, w in coa.wrappers.items()}
     params = coa.named_parameters()
-    optimizer = torch.optim.AdamW(params.values(), lr=options.lr, weight_decay=options.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(params, options), lr=options.lr, weight_decay=options.weight_decay)
     start = (load_checkpoint(folder, params, optimizer, info.weight_hash) if resume and ranks.is_main else None) or 0
     if ranks.world_size > 1:  # rank 0 alone read the run: everyone starts from its step, adapter and optimiser state
         start = ranks.broadcast_json(start)
@@ -201,8 +202,8 @@ def train(wb, options: TrainOptions, folder: str | Path, resume: bool = False,
         t0 = time.perf_counter()
         bits = [c.avg_bits for c in configs] if options.draws == "stratified" else None
         draws = [step_draws(options, step, j, len(configs), len(pool), n_initial, bits, initial_bits) for j in mine]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, options)
+        for group in optimizer.param_groups:  # a checkpoint of a run made before has no lr_scale: 1
+            group["lr"] = lr_at(step, options) * group.get("lr_scale", 1.0)
         coa.train(True)
         total = step_gradients(coa, activate, list(params.values()), configs, pool, draws, options, ranks)
         norm = torch.nn.utils.clip_grad_norm_(list(params.values()), options.grad_clip or float("inf"))

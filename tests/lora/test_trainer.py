@@ -16,8 +16,8 @@ from coa_lora.storage import read_safetensors
 
 # Rank 8 (alpha 16): the hyperparameters these checks were tuned with on the tiny random model; the library's
 # default is rank 64 since #37.
-SMALL = {"rank": 8, "alpha": 16.0, "steps": 6, "budgets": (2.5, 4.0, 6.0), "seq_length": 32, "batch_size": 2, "checkpoint_every": 2,
-         "eval_every": 3, "probe_windows": 2, "probe_configs": 2}
+SMALL = {"rank": 8, "alpha": 16.0, "steps": 6, "budgets": (2.5, 4.0, 6.0), "seq_length": 32, "batch_size": 2,
+         "checkpoint_every": 2, "eval_every": 3, "probe_windows": 2, "probe_configs": 2}
 
 
 def held_out_losses(coa, configs, windows, bare=False):
@@ -178,3 +178,46 @@ def test_cli_export_writes_a_peft_adapter_equal_to_the_trained_model(tmp_path):
     peft_model = PeftModel.from_pretrained(base.model, str(tmp_path / "peft")).eval()
     with torch.no_grad():
         assert (peft_model(input_ids=ids).logits - coa.model(input_ids=ids).logits).abs().max() < 1e-4
+
+
+def test_u_learning_rate_scale_moves_only_u_faster_and_its_init_spread_lets_every_layer_learn(tmp_path):
+    # B starts at zero, so U_θ gets no gradient at step 1 and its first at step 2, where A, B and U are the same in
+    # both runs: the same gradients (clipping sees the same global norm) and the same Adam history for A and B. Adam
+    # moves each parameter by lr · f(its gradients), so with U_θ's learning rate 10x U_θ moves exactly 10x as far
+    # while A and B move as with scale 1.
+    from coa_lora.lora.trainer import build_adapter
+
+    base = {**SMALL, "steps": 2, "warmup": 1, "lr": 1e-2, "u_init_std": 1e-3, "eval_every": 2, "checkpoint_every": 2}
+    wb = Workbench.load("tiny")
+    start = build_adapter(wb, TrainOptions(**base))
+    before = start.state_dict()
+    # N(0, 1e-3²) at the last layer: I + U is near I but not I, and varies with the configuration.
+    corrections = []
+    for budget in (2.5, 6.0):
+        start.set_config(wb.allocate(budget).config)
+        corrections.append(start.wrappers[start.layout.names[0]].correction.detach().clone())
+    assert all(0 < float(c.abs().max()) < 0.05 for c in corrections) and not torch.equal(*corrections)
+    assert float(start.network.out.weight.detach().std()) == pytest.approx(1e-3, rel=0.05)
+    start.remove_()
+    moved = {}
+    for name, change in (("1x", {}), ("10x", {"u_lr_scale": 10.0}), ("zero init", {"u_init_std": 0.0})):
+        result = train(Workbench.load("tiny"), TrainOptions(**{**base, **change}), tmp_path / name.replace(" ", "-"))
+        after = result.coa.state_dict()
+        start_of = before if name != "zero init" else {n: v.clone() for n, v in before.items()}
+        if name == "zero init":
+            start_of["network.out.weight"] = torch.zeros_like(before["network.out.weight"])
+        moved[name] = {n: after[n] - start_of[n] for n in before}
+    u = [n for n in before if n.startswith("network.")]
+    ab = [n for n in before if not n.startswith("network.")]
+    assert u and ab
+    for n in ab:
+        torch.testing.assert_close(moved["10x"][n], moved["1x"][n])
+    for n in u:
+        torch.testing.assert_close(moved["10x"][n], 10 * moved["1x"][n], rtol=1e-3, atol=1e-8)
+        assert float(moved["1x"][n].abs().max()) > 0, n  # every layer of U learns from its first gradient
+    # From a zero last layer the layers before it get no gradient until it has moved: only the last layer learns.
+    still = [n for n in u if float(moved["zero init"][n].abs().max()) == 0]
+    assert still and all(not n.startswith("network.out.") for n in still)
+    assert float(moved["zero init"]["network.out.weight"].abs().max()) > 0
+    with pytest.raises(ValueError, match="u_lr_scale must be a positive number"):
+        TrainOptions(u_lr_scale=0.0)

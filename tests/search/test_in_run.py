@@ -19,8 +19,9 @@ from coa_lora.storage import read_safetensors
 
 # Rank 8 (alpha 16): the hyperparameters these checks were tuned with on the tiny random model; the library's
 # default is rank 64 since #37.
-SMALL = {"rank": 8, "alpha": 16.0, "steps": 6, "budgets": (2.5, 3.0, 4.0, 6.0), "seq_length": 32, "batch_size": 2, "checkpoint_every": 5,
-         "eval_every": 6, "probe_windows": 2, "probe_configs": 2, "rounds": 2, "proposals": 3, "segments": 4}
+SMALL = {"rank": 8, "alpha": 16.0, "steps": 6, "budgets": (2.5, 3.0, 4.0, 6.0), "seq_length": 32, "batch_size": 2,
+         "checkpoint_every": 5, "eval_every": 6, "probe_windows": 2, "probe_configs": 2, "rounds": 2, "proposals": 3,
+         "segments": 4}
 
 
 def test_round_steps_split_training_into_equal_epochs():
