@@ -29,11 +29,15 @@ def render() -> None:
     folder = labels[st.selectbox("Comparison", list(labels), key="comparison")]
     try:
         _, _, summary = read_results(folder)
-        reference = read_reference(folder, summary["plan"])
-        why = {**(read_why(reference.folder) if reference is not None else {}), **read_why(folder)}
+        why = read_why(folder)
     except ValueError as exc:
         st.error(str(exc))
         return
+    try:
+        reference = read_reference(folder, summary["plan"])
+    except ValueError as exc:  # the comparison itself is fine: show it without its reference
+        st.warning(str(exc))
+        reference = None
     plan = summary["plan"]
     st.caption(f"{plan['model']}, {plan['steps']} steps per adapter, rank {plan['rank']}, seeds {plan['seeds']}; "
                f"measured {summary['actual_seconds'] / 60:.0f} min against {summary['estimate_seconds'] / 60:.0f} "
@@ -67,15 +71,17 @@ def render() -> None:
     if reference is not None:
         st.caption(f"Dashed lines: the earlier comparison at {reference.label} ({reference.folder.name}), kept for "
                    "reference.")
-    if "verdict" in why:
-        _why(why["verdict"])
+    verdict = why.get("verdict") or (reference.why.get("verdict") if reference is not None else None)
+    if verdict is not None:
+        _why(verdict, None if "verdict" in why else reference.label)
     with st.expander("The report (docs/RESULTS.md is this, generated from the same files)"):
         st.markdown(results_markdown(summary, why, reference))
 
 
-def _why(verdict: dict) -> None:
-    """#37's answer: how much of CoA-LoRA's gap each measured factor explains (bench/why.py's verdict)."""
-    st.subheader("Why CoA-LoRA trails a LoRA per configuration")
+def _why(verdict: dict, of: str | None) -> None:
+    """#37's answer: how much of CoA-LoRA's gap each measured factor explains (bench/why.py's verdict); ``of``: the
+    earlier comparison it was measured on, if not this one."""
+    st.subheader("Why CoA-LoRA trails a LoRA per configuration" + (f" (measured at {of})" if of else ""))
     which = st.radio("Gap in", ["held-out perplexity", "KL from the unquantized model"], horizontal=True,
                      key="why_metric")
     metric = "ppl" if which == "held-out perplexity" else "KL"

@@ -50,6 +50,7 @@ from coa_lora.compare.report import WHY_FILE
 from coa_lora.lora import even_budgets
 from coa_lora.lora.diagnose import correction_spread
 from coa_lora.storage import write_json
+from why_verdict import gap_verdict  # bench/why_verdict.py, beside this script
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
@@ -225,17 +226,18 @@ def arm_plan(model: str, arm: str, seeds: tuple[int, ...]):
 
     from coa_lora.compare import ComparePlan
 
-    base = ComparePlan.quick() if model == "tiny" else ComparePlan()
+    # Rank 8: the rank the arms' reference (the rank-8 comparison and its default arm) trained at, whatever the
+    # library's default is now (64 since #37).
+    base = ComparePlan.quick() if model == "tiny" else ComparePlan(rank=8)
     changes, _ = ARMS[arm]
     train = {**dict(base.train), **changes.get("train", {})}
     other = {k: v for k, v in changes.items() if k not in ("train", "methods")}
-    return dataclasses.replace(base, methods=changes.get("methods", ("coa",)), search="off", seeds=seeds, tasks=(), budgets=ARM_BUDGETS,
-                               unseen=ARM_UNSEEN, train=tuple(train.items()), **other)
+    return dataclasses.replace(base, methods=changes.get("methods", ("coa",)), search="off", seeds=seeds, tasks=(),
+                               budgets=ARM_BUDGETS, unseen=ARM_UNSEEN, train=tuple(train.items()), **other)
 
 
 def _paired(a, b, metric: str) -> dict[float, tuple[float, float | None, int]]:
     """Per budget: 100·ln(a / b) of ``metric`` paired by seed → (mean, sd, n)."""
-    import math
 
     out = {}
     for budget in sorted(set(a["budget"])):
@@ -321,62 +323,10 @@ def arms(wb: Workbench, args) -> dict:
                         f"clearly better at {clear('KL', -1)}, clearly worse at {clear('KL', 1)} (clearly: the mean "
                         "beyond its standard error over seeds)."),
         }
-    verdict = _verdict(entries)
+    verdict = gap_verdict(entries)
     if verdict is not None:
         entries["verdict"] = verdict
     return entries
-
-
-def _verdict(entries: dict) -> dict | None:
-    """How much of the gap to per-configuration LoRA each measured factor explains, from the arms' own rows: the gap
-    at the default settings, at equal rank 64 (both methods), and with twice CoA-LoRA's steps."""
-    need = ("arm rank-64", "arm qlora-rank-64", "arm steps-2x")
-    if not all(k in entries for k in need):
-        return None
-    rows = {k: v for e in (*need, "arm qlora-steps-2x") if e in entries for k, v in entries[e]["measured"].items()}
-    measured, text = {}, {}
-    for label in ("ppl", "KL"):
-        gaps = {"as compared (rank 8, 60 steps)": "default / per-config LoRA",
-                "both at rank 64": "rank-64 / qlora-rank-64",
-                "CoA-LoRA 120 steps, per-config 60": "steps-2x / per-config LoRA",
-                "both at 120 steps": "steps-2x / qlora-steps-2x"}  # once that arm is trained
-        for name, ratio in gaps.items():
-            found = {k.split(" at ")[1]: v for k, v in rows.items() if k.startswith(f"100·ln({label} {ratio}) at ")}
-            for budget, v in found.items():
-                measured[f"{label} gap, {name}, at {budget}"] = v
-            text[(label, name)] = ", ".join(f"{v['mean']:+.1f} ± {_f(v['sd'], 1)}" for v in found.values())
-    finding = (
-        "Held-out perplexity gap to per-configuration LoRA (100·ln ratio at 2.5 / 2.75 / 3 bits; above 0: CoA-LoRA "
-        f"behind): {text[('ppl', 'as compared (rank 8, 60 steps)')]} at the comparison's settings; "
-        f"{text[('ppl', 'both at rank 64')]} with both methods at rank 64, so capacity helps every method alike and "
-        f"does not explain the gap; {text[('ppl', 'CoA-LoRA 120 steps, per-config 60')]} when CoA-LoRA gets twice "
-        "the steps, i.e. the same forward-backward passes (120 x k = 2) as four per-configuration LoRAs of 60 steps "
-        "each spend on the four trained budgets. ")
-    if text[("ppl", "both at 120 steps")]:
-        finding += (
-            f"With both methods at 120 steps the gap is {text[('ppl', 'both at 120 steps')]}: more training per "
-            "adapter does not close it (at 3 bits it stays where it was at 60 steps), so the gap is the training each "
-            "configuration gets relative to a dedicated adapter, not under-training of CoA-LoRA alone. One CoA-LoRA "
-            f"adapter {_equal_passes(measured)} only when it is given as many passes as all the per-configuration "
-            "adapters together; its advantage is then the "
-            "number of configurations served (any budget, from one adapter), not quality per configuration. At this "
-            "scale (SmolLM2-135M, 4 x 128-token batches, 60-120 steps) the paper's claim of parity at equal cost per "
-            "configuration is not reproduced; testing it needs far longer training (the paper trains on C4) and more "
-            "deployed configurations than the four trained here.")
-    else:
-        finding += "Per-configuration LoRA at 120 steps is not measured yet (arm qlora-steps-2x)."
-    return {"question": "How much of the gap does each factor explain?", "measured": measured, "finding": finding}
-
-
-def _equal_passes(measured: dict) -> str:
-    """Where CoA-LoRA with the per-configuration family's passes matches per-configuration LoRA (mean + standard error
-    at or below 0) and by how much it trails elsewhere, from the verdict's ppl rows."""
-    prefix = "ppl gap, CoA-LoRA 120 steps, per-config 60, at "
-    rows = {k.removeprefix(prefix): v for k, v in measured.items() if k.startswith(prefix)}
-    even = [b for b, v in rows.items() if v["mean"] + (v["sd"] or 0.0) / v["n"] ** 0.5 <= 0]
-    behind = [f"{100 * math.expm1(v['mean'] / 100):.0f} % behind at {b}" for b, v in rows.items() if b not in even]
-    parts = ([f"matches or beats per-configuration LoRA at {' and '.join(even)}"] if even else []) + behind
-    return ", and is ".join(parts) + ","
 
 
 FACTORS = {"spread": spread, "repair": repair}
@@ -395,7 +345,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="a comparison folder whose why.json gets this factor (its RESULTS.md "
                         "and `compare --merge ... --report` then show it)")
     args = parser.parse_args()
-    why = read_why(args.out) if args.out is not None else {}  # a bad why.json is refused before the long part
+    if args.out is not None:
+        read_why(args.out)  # a bad why.json is refused before the long part
     wb = Workbench.load(args.model)
     command = "python bench/why.py " + " ".join(sys.argv[1:])
     if args.factor == "arms":
@@ -405,7 +356,7 @@ def main() -> None:
             raise SystemExit(f"--factor {args.factor} reads a comparison's adapters or results: pass --compare.")
         entries = {args.factor: {**FACTORS[args.factor](wb, args.compare), "command": command}}
     if args.out is not None:
-        write_json(args.out / WHY_FILE, {**why, **entries})
+        write_json(args.out / WHY_FILE, {**read_why(args.out), **entries})  # read again: another may have written
     print(json.dumps(entries))
 
 

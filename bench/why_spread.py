@@ -36,8 +36,9 @@ def arm_shares(wb: Workbench, folder: Path) -> dict[int, dict[str, float]]:
         out[int(run.name.removeprefix("coa-seed"))] = {"share": float(table["config_share"].mean()),
                                                         "u_mean": float(table["u_mean"].mean())}
         coa.remove_()
-        print(f"{folder.name}/{run.name}: {len(configs)} configurations, share {out[max(out)]['share']:.4f}, "
-              f"‖Ū‖/‖I‖ {out[max(out)]['u_mean']:.3f}", flush=True)
+        seed = int(run.name.removeprefix("coa-seed"))
+        print(f"{folder.name}/{run.name}: {len(configs)} configurations, share {out[seed]['share']:.4f}, "
+              f"‖Ū‖/‖I‖ {out[seed]['u_mean']:.3f}", flush=True)
     return out
 
 
@@ -54,12 +55,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="a comparison folder whose why.json gets the entry")
     args = parser.parse_args()
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    missing = [a for a in arms if not (args.root / a / "state.json").is_file()]
+    missing = [a for a in arms if not list((args.root / a / "runs").glob("coa-seed*"))]
     if len(arms) < 2 or missing:
-        raise SystemExit(f"Name at least two trained arms under {args.root} (missing: {', '.join(missing) or 'none'}).")
-    why = read_why(args.out) if args.out is not None else {}  # a bad why.json is refused before the long part
+        raise SystemExit(f"Name at least two arms with CoA-LoRA runs under {args.root} (without: "
+                         f"{', '.join(missing) or 'none'}).")
+    if args.out is not None:
+        read_why(args.out)  # a bad why.json is refused before the long part
     wb = Workbench.load(args.model)
     shares = {arm: arm_shares(wb, args.root / arm) for arm in arms}
+    if not all(shares.values()) or not all(set(shares[a]) & set(shares[arms[0]]) for a in arms[1:]):
+        raise SystemExit("Every arm needs a finished CoA-LoRA seed shared with the first arm's.")
     reference, measured = arms[0], {}
     for arm in arms:
         measured[f"configuration-dependent share, {arm}"] = _stat([v["share"] for v in shares[arm].values()])
@@ -86,8 +91,8 @@ def main() -> None:
                     "and the initialisation of its last layer are the levers not measured yet."),
         "command": "python bench/why_spread.py " + " ".join(sys.argv[1:]),
     }
-    if args.out is not None:
-        write_json(args.out / WHY_FILE, {**why, "spread by arm": entry})
+    if args.out is not None:  # read again: another script may have written its entries meanwhile
+        write_json(args.out / WHY_FILE, {**read_why(args.out), "spread by arm": entry})
     print(json.dumps({"spread by arm": entry}))
 
 

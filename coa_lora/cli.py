@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "lowest and highest keeping their initial share), stratified (every initial configuration "
                         "keeps its share, shared with the members added near it), quasi (evenly over all members) or "
                         "random (a uniform k-subset per step)")
-    p.add_argument("--rank", type=int, help="LoRA rank r (default 64; alpha defaults to 2 x 64)")
+    p.add_argument("--rank", type=int, help="LoRA rank r (default 64; alpha is 2 x r)")
     p.add_argument("--objective", choices=["lm", "kd"], help="lm: next-token loss; kd: distil the unquantized model")
     p.add_argument("--budgets", help="comma-separated bit budgets of the configuration set (qlora/lqlora: one); "
                                      "default: 10 evenly over 2.5-7.25")

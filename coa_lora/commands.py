@@ -223,8 +223,6 @@ def train_command(args) -> int:
     from coa_lora.runs import read_run_info
 
     given = {opt: getattr(args, flag) for flag, opt in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
-    if "rank" in given:  # the scale alpha / r stays 2 at every rank, as in the comparison's plan
-        given["alpha"] = 2.0 * given["rank"]
     if args.budgets is not None:
         try:
             given["budgets"] = tuple(float(b) for b in args.budgets.split(",") if b.strip())
@@ -313,14 +311,17 @@ def compare_command(args) -> int:
 
     from coa_lora.compare import (ComparePlan, check_folder, merge_results, read_reference, read_why,
                                   results_markdown, run_comparison, write_reference, write_results)
-    from coa_lora.compare.reference import check_reference
+    from coa_lora.compare.reference import check_reference, stored_reference
     from coa_lora.lora.workbench import Workbench
     from coa_lora.progress import tqdm_progress
     from coa_lora.storage import atomic_write_bytes
 
     command = "python -m coa_lora " + shlex.join(sys.argv[1:] if sys.argv[1:2] == ["compare"] else ["compare"])
+    # A bad reference, given or stored, is refused before anything runs or is written.
     if args.reference is not None:
-        check_reference(args.reference, args.out)  # a bad reference is refused before anything runs or is written
+        check_reference(args.reference, args.out)
+    else:
+        stored_reference(args.out)
     if args.merge:
         comparison = merge_results(args.merge, args.out, command)
     else:
@@ -338,10 +339,7 @@ def compare_command(args) -> int:
     summary = write_results(comparison, command)
     if args.reference is not None:
         write_reference(args.out, args.reference)
-    reference = read_reference(args.out, summary["plan"])
-    # The diagnosis of the reference (the comparison its arms were measured against) first, then this folder's own.
-    why = {**(read_why(reference.folder) if reference is not None else {}), **read_why(args.out)}
-    markdown = results_markdown(summary, why, reference)
+    markdown = results_markdown(summary, read_why(args.out), read_reference(args.out, summary["plan"]))
     atomic_write_bytes(Path(args.out) / "RESULTS.md", markdown.encode())
     if args.report is not None:
         atomic_write_bytes(args.report, markdown.encode())

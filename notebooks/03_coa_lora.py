@@ -155,9 +155,9 @@ norms = plots.target_frame(wb.layout, u_norm=[float(torch.linalg.matrix_norm(u))
 plots.target_heatmap(norms, "u_norm", f"‖U‖ (Frobenius) of each matrix at {first:g} bits, reference run").show()
 
 # %% [markdown]
-# **Notice:** the corrections are not small next to I (‖I‖ = √r ≈ 2.8 for r = 8) and they differ from matrix to
-# matrix: U_θ does reshape the adapter per matrix and option. Whether that reshaping helps is what the perplexity
-# comparison above measures.
+# **Notice:** the corrections are not small next to I (‖I‖ = √r ≈ 2.8 for the reference run's r = 8; new runs
+# default to r = 64 since #37) and they differ from matrix to matrix: U_θ does reshape the adapter per matrix and
+# option. Whether that reshaping helps is what the perplexity comparison above measures.
 #
 # ## 4. Fold U into a standard peft adapter and load it back with peft
 #

@@ -225,7 +225,7 @@ def test_compare_view_draws_each_method_against_bits_with_its_seed_band_and_the_
 def test_compare_view_shows_a_reference_comparison_dashed_and_the_diagnosis_verdict(tmp_path, monkeypatch):
     import shutil
 
-    from coa_lora.compare import read_why, write_reference
+    from coa_lora.compare import read_reference, read_results, read_why, write_reference
 
     # The tiny comparison with the shipped SmolLM2 rank-8 comparison (and its why.json) as its reference.
     folder = tmp_path / "compare" / "tiny-quick"
@@ -238,8 +238,9 @@ def test_compare_view_shows_a_reference_comparison_dashed_and_the_diagnosis_verd
     assert not at.exception and not at.error, messages(at)
     quality = [f for f in figures(at) if "trained budgets" in f["layout"]["title"]["text"]][0]
     dashed = [tr["name"] for tr in quality["data"] if tr.get("line", {}).get("dash") == "dash"]
-    assert sorted(dashed) == sorted(f"{m}, model smollm2, rank 8, 60 steps" for m in
-                                    ("Per-configuration LoRA", "Shared-LoRA", "CoA-LoRA"))
+    label = read_reference(folder, read_results(folder)[2]["plan"]).label
+    assert sorted(dashed) == sorted(f"{m}, {label}" for m in ("Per-configuration LoRA", "Shared-LoRA", "CoA-LoRA"))
+    assert any(f"(measured at {label})" in h.value for h in at.subheader)  # the verdict is the reference's
     verdict = read_why(shipped)["verdict"]
     why = [f for f in figures(at) if "CoA-LoRA against per-configuration LoRA" in f["layout"]["title"]["text"]]
     assert why and "perplexity" in why[0]["layout"]["title"]["text"]
@@ -248,6 +249,13 @@ def test_compare_view_shows_a_reference_comparison_dashed_and_the_diagnosis_verd
     why = [f for f in figures(at) if "CoA-LoRA against per-configuration LoRA" in f["layout"]["title"]["text"]]
     bar = why[0]["data"][0]
     assert bar["y"][0] == verdict["measured"][f"KL gap, {bar['name']}, at {bar['x'][0]}"]["mean"]
+    # A reference that moved away: the comparison is still drawn, with one warning and no dashed lines.
+    (folder / "reference.json").write_text('{"folder": "../nowhere"}')
+    at = app()
+    at.switch_page("compare_view.py").run()
+    assert not at.exception and not at.error and any("holds no comparison results" in w.value for w in at.warning)
+    quality = [f for f in figures(at) if "trained budgets" in f["layout"]["title"]["text"]][0]
+    assert not [tr for tr in quality["data"] if tr.get("line", {}).get("dash") == "dash"]
 
 
 def test_a_link_reopens_a_page_at_a_budget_with_tasks_and_a_bad_one_gets_a_sentence():

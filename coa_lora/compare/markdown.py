@@ -46,17 +46,24 @@ def results_markdown(summary: dict, why: dict | None = None, reference: Referenc
     lines += _gap_tables(summary, plan)
     lines += _time_lines(summary)
     lines += _why_lines(why or {})
+    if reference is not None:  # its diagnosis measured it, not this comparison: said in the section's title
+        lines += _why_lines(reference.why, of=reference.label)
     return "\n".join(lines) + "\n"
 
 
-def _why_lines(why: dict) -> list[str]:
+def _why_lines(why: dict, of: str | None = None) -> list[str]:
     """One subsection per diagnosed factor (#37), the verdict first: the question, what it says, what was measured over
-    seeds (a column per budget where the measurement names one), the command."""
+    seeds (a column per budget where the measurement names one), the command. ``of``: the label of the earlier
+    comparison the diagnosis measured (None: this one)."""
     if not why:
         return []
-    lines = ["", "## Why CoA-LoRA trails a LoRA per configuration: the factors measured", "",
-             "Each factor measured on its own against the comparison's adapters (bench/why.py); mean ± sd (n seeds).",
-             ""]
+    title = "## Why CoA-LoRA trails a LoRA per configuration: the factors measured"
+    against = "the comparison's adapters"
+    if of is not None:
+        title += f" (on the earlier comparison, {of})"
+        against = f"the earlier comparison's adapters ({of}), not this one's"
+    lines = ["", title, "",
+             f"Each factor measured on its own against {against} (bench/why.py); mean ± sd (n seeds).", ""]
     for factor in sorted(why, key=lambda f: f != "verdict"):
         entry = why[factor]
         lines += [f"### {factor}: {entry['question']}", "", entry["finding"], ""]

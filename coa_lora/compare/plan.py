@@ -49,8 +49,9 @@ class ComparePlan:
     unseen: tuple[float, ...] = (2.75, 3.25)  # evaluated only: no method trained on them
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     steps: int = 60
-    # Rank 64 (the official code's) since #37: over 3 seeds it lowered CoA-LoRA's held-out perplexity by 47 / 23 / 10 %
-    # at 2.5 / 2.75 / 3 bits against rank 8 (bench/why.py, arm rank-64), and per-configuration LoRA's as much.
+    # Rank 64 (the official code's) since #37: over 3 seeds it lowered CoA-LoRA's held-out perplexity by 37 / 21 / 10 %
+    # (100·ln ratio −47 / −23 / −10) at 2.5 / 2.75 / 3 bits against rank 8 (bench/why.py, arm rank-64), and
+    # per-configuration LoRA's as much.
     rank: int = 64
     search: str = "search"  # Shared-LoRA and CoA-LoRA: the Pareto search over their configuration set
     set_budgets: tuple[float, ...] = even_budgets()  # Shared-LoRA and CoA-LoRA: the initial configuration set

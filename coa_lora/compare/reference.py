@@ -14,22 +14,23 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from coa_lora.compare.report import read_results
+from coa_lora.compare.report import read_results, read_why
 from coa_lora.storage import write_json
 
 REFERENCE_FILE = "reference.json"
 # Plan fields that name how a reference differs from the comparison it stands beside, in this order.
-_DIFFERENCES = ("model", "rank", "steps", "search", "methods")
+_DIFFERENCES = ("model", "rank", "steps", "search", "methods", "budgets", "set_budgets", "train")
 
 
 @dataclass(frozen=True)
 class Reference:
-    """An earlier comparison beside this one: what differs in its plan (``label``, e.g. "rank 8"), its summary.json and
-    its folder (whose why.json, if any, diagnosed it)."""
+    """An earlier comparison beside this one: what differs in its plan (``label``, e.g. "rank 8"), its summary.json,
+    its folder and its diagnosis (the folder's why.json; empty when it has none)."""
 
     label: str
     summary: dict
     folder: Path
+    why: dict
 
 
 def check_reference(folder: str | os.PathLike, out: str | os.PathLike) -> dict:
@@ -51,9 +52,9 @@ def write_reference(out: str | os.PathLike, folder: str | os.PathLike) -> None:
     write_json(Path(out) / REFERENCE_FILE, {"folder": relative})
 
 
-def read_reference(folder: str | os.PathLike, plan: dict) -> Reference | None:
-    """``folder``'s reference, or None when it has none; its label names what it sets differently from ``plan``
-    (``folder``'s own, as in its summary)."""
+def stored_reference(folder: str | os.PathLike) -> Path | None:
+    """The folder ``folder``'s reference.json points at, checked (None when there is none): one sentence, naming the
+    way out, when it is not a reference file or its target moved or holds no results."""
     path = Path(folder) / REFERENCE_FILE
     if not path.is_file():
         return None
@@ -61,8 +62,22 @@ def read_reference(folder: str | os.PathLike, plan: dict) -> Reference | None:
         target = Path(folder) / json.loads(path.read_text())["folder"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a reference file ({exc}); write it again with compare --reference.") from None
-    summary = check_reference(target, folder)
-    return Reference(reference_label(plan, summary["plan"]), summary, target)
+    try:
+        read_results(target)
+    except (OSError, ValueError):
+        raise ValueError(f"{path} points at {target}, which holds no comparison results (moved?); pass --reference "
+                         "again with its folder, or delete the file.") from None
+    return target
+
+
+def read_reference(folder: str | os.PathLike, plan: dict) -> Reference | None:
+    """``folder``'s reference, or None when it has none; its label names what it sets differently from ``plan``
+    (``folder``'s own, as in its summary)."""
+    target = stored_reference(folder)
+    if target is None:
+        return None
+    summary = read_results(target)[2]
+    return Reference(reference_label(plan, summary["plan"]), summary, target, read_why(target))
 
 
 def reference_label(plan: dict, reference_plan: dict) -> str:
@@ -70,7 +85,14 @@ def reference_label(plan: dict, reference_plan: dict) -> str:
     parts = []
     for name in _DIFFERENCES:
         mine, theirs = plan.get(name), reference_plan.get(name)
-        if mine != theirs:
-            value = ", ".join(map(str, theirs)) if isinstance(theirs, list) else theirs
-            parts.append(f"{value} steps" if name == "steps" else f"{name} {value}")
+        if mine == theirs:
+            continue
+        if name == "train":  # {option: value} (a saved plan): name those the reference sets differently
+            ours, refs = dict(mine or {}), dict(theirs or {})
+            parts += [f"{k} {refs.get(k, 'default')}" for k in dict.fromkeys([*refs, *ours])
+                      if ours.get(k) != refs.get(k)]
+            continue
+        value = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in theirs) if isinstance(theirs, list) \
+            else theirs
+        parts.append(f"{value} steps" if name == "steps" else f"{name} {value}")
     return ", ".join(parts) or "same plan"

@@ -53,10 +53,10 @@ class TrainOptions:
     # "quasi" (coa_lora.lora.step.quasi_draws: evenly over all members, the default before) or "random" (a uniform
     # random k-subset each step, as the first runs did).
     draws: str = "anchored"
-    # Rank 64 and alpha / r = 2 (the official code's rank) since #37: over 3 seeds on SmolLM2 rank 64 lowered
-    # CoA-LoRA's held-out perplexity by 47 / 23 / 10 % at 2.5 / 2.75 / 3 bits against rank 8 (bench/why.py, rank-64).
+    # Rank 64 (the official code's) since #37: over 3 seeds on SmolLM2 it lowered CoA-LoRA's held-out perplexity by
+    # 37 / 21 / 10 % (100·ln ratio −47 / −23 / −10) at 2.5 / 2.75 / 3 bits against rank 8 (bench/why.py, rank-64).
     rank: int = 64
-    alpha: float = 128.0
+    alpha: float | None = None  # None: 2 x rank (scale alpha / r = 2 at every rank); runs saved a number
     dropout: float = 0.05
     lr: float = 1e-3
     warmup: int = 6  # linear warm-up steps, then cosine decay to 0
@@ -112,6 +112,10 @@ class TrainOptions:
             raise ValueError("TrainOptions.budgets needs at least one budget.")
         if not (0.0 < self.u_lr_scale < float("inf")):
             raise ValueError(f"TrainOptions.u_lr_scale must be a positive number, got {self.u_lr_scale}.")
+        if not (0.0 <= self.u_init_std < float("inf")):
+            raise ValueError(f"TrainOptions.u_init_std must be a finite number >= 0, got {self.u_init_std}.")
+        if self.alpha is not None and not (0.0 < self.alpha < float("inf")):
+            raise ValueError(f"TrainOptions.alpha must be a positive number or None (2 x rank), got {self.alpha}.")
         if self.search not in SEARCH_MODES:
             raise ValueError(f"Unknown search mode {self.search!r}; choose one of {SEARCH_MODES}.")
         if self.search != "off" and self.method in SINGLE_CONFIG_METHODS:
@@ -128,7 +132,8 @@ class TrainOptions:
                              f"(one run per budget), got {len(self.budgets)}.")
 
     def adapter_options(self) -> AdapterOptions:
-        return AdapterOptions(r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout, u_init_std=self.u_init_std)
+        alpha = 2.0 * self.rank if self.alpha is None else self.alpha
+        return AdapterOptions(r=self.rank, lora_alpha=alpha, lora_dropout=self.dropout, u_init_std=self.u_init_std)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -155,8 +160,13 @@ def param_groups(params: Mapping[str, torch.nn.Parameter], options: TrainOptions
     ``options.u_lr_scale``. One group when the scale is 1, so runs made before resume with their optimiser state."""
     if options.u_lr_scale == 1.0:
         return [{"params": list(params.values()), "lr_scale": 1.0}]
-    network = [p for n, p in params.items() if n.startswith("network.")]
-    rest = [p for n, p in params.items() if not n.startswith("network.")]
+    names = list(params)
+    network = [params[n] for n in names if n.startswith("network.")]
+    rest = [params[n] for n in names if not n.startswith("network.")]
+    # Checkpoints and the distributed broadcast map optimiser state to ``params`` by position: the two groups must
+    # keep that order (U_θ's parameters come last, as CoALoRAModel.named_parameters lists them).
+    if names[len(rest):] != [n for n in names if n.startswith("network.")]:
+        raise ValueError("U_θ's parameters (network.*) must come after the adapter's in the parameter order.")
     return [{"params": rest, "lr_scale": 1.0}, {"params": network, "lr_scale": options.u_lr_scale}]
 
 

@@ -4,6 +4,7 @@ to the same numbers; a plan that cannot run is refused before anything trains.""
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -65,19 +66,32 @@ def test_quick_comparison_trains_evaluates_reports_and_resumes_without_work(tmp_
     reference = read_reference(out, summary["plan"])
     _, _, theirs = read_results(shipped)
     assert reference.folder.resolve() == shipped.resolve() and reference.summary == theirs
-    assert reference.label == f"model smollm2, rank {theirs['plan']['rank']}, 60 steps"  # the quick plan: 6 steps
+    # What the SmolLM2 plan sets differently from the quick one, starting with the model, rank and steps.
+    assert reference.label.startswith(f"model smollm2, rank {theirs['plan']['rank']}, 60 steps, budgets 2.5, 3, 3.5, 4")
     markdown = (out / "RESULTS.md").read_text()
     coa = [c for c in theirs["cells"] if (c["method"], c["budget"], c["metric"]) == ("coa", 2.5, "perplexity")][0]
     row = next(line for line in markdown.splitlines() if line.startswith(f"| CoA-LoRA, {reference.label} |"))
     assert f"| {coa['mean']:.2f} ± {coa['sd']:.2f} ({coa['n']}) |" in row
     assert markdown.count(f", {reference.label} |") == 3 * 4  # three methods in each of the four tables
-    assert "## Why" in markdown and markdown == results_markdown(summary, read_why(shipped), reference)
+    assert reference.why == read_why(shipped) and markdown == results_markdown(summary, read_why(out), reference)
+    assert f"## Why CoA-LoRA trails a LoRA per configuration: the factors measured (on the earlier comparison, " \
+           f"{reference.label})" in markdown
     # A bad reference is one sentence and changes nothing on disk.
     before = (out / "reference.json").read_bytes()
     for bad in (out, tmp_path / "nothing-here"):
         assert main(["compare", "--quick", "--out", str(out), "--reference", str(bad)]) == 2
         assert "--reference" in capsys.readouterr().err
     assert (out / "reference.json").read_bytes() == before and (out / "RESULTS.md").read_text() == markdown
+    # A stored reference whose folder moved is refused before any work, naming the file and the way out.
+    moved = tmp_path / "moved-reference"
+    shutil.copytree(shipped, moved)
+    assert main(["compare", "--quick", "--out", str(out), "--reference", str(moved)]) == 0
+    shutil.rmtree(moved)
+    markdown = (out / "RESULTS.md").read_text()
+    assert main(["compare", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "reference.json points at" in err and "holds no comparison results" in err
+    assert (out / "RESULTS.md").read_text() == markdown
 
 
 class Killed(Exception):
@@ -220,3 +234,14 @@ def test_a_target_is_judged_only_over_five_seeds_or_more():
     rows = [line for line in results_markdown(fewer).split("## CoA-LoRA against the others", 1)[1].splitlines()
             if line.startswith("| Per-configuration LoRA | perplexity |")]
     assert rows and all(line.endswith("| n < 5 |") for line in rows)
+
+
+def test_a_reference_is_labelled_with_what_its_plan_sets_differently():
+    from coa_lora.compare.reference import reference_label
+
+    _, _, theirs = read_results(SHIPPED_DIR / "smollm2-rank8")
+    now = {**theirs["plan"], "rank": 64}
+    assert reference_label(now, theirs["plan"]) == "rank 8"
+    assert reference_label({**now, "train": {"u_lr_scale": 10.0}}, theirs["plan"]) == "rank 8, u_lr_scale default"
+    assert reference_label(now, {**theirs["plan"], "train": {"objective": "kd"}}) == "rank 8, objective kd"
+    assert reference_label(theirs["plan"], theirs["plan"]) == "same plan"

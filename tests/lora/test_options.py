@@ -31,3 +31,13 @@ def test_runs_saved_before_draws_existed_resume_with_random_draws():
 
 def test_the_trainer_module_still_exports_the_options():
     assert coa_lora.lora.trainer.TrainOptions is TrainOptions and coa_lora.lora.trainer.lr_at is lr_at
+
+
+def test_alpha_follows_the_rank_unless_given_and_u_options_are_checked():
+    assert TrainOptions().adapter_options().lora_alpha == 128.0 and TrainOptions().adapter_options().scaling == 2.0
+    assert TrainOptions(rank=8).adapter_options().lora_alpha == 16.0
+    assert TrainOptions(rank=8, alpha=8.0).adapter_options().scaling == 1.0
+    assert TrainOptions.from_dict(TrainOptions().to_dict()).alpha is None  # new runs save None: 2 x rank
+    for bad in ({"u_init_std": -1.0}, {"u_init_std": float("nan")}, {"u_lr_scale": float("inf")}, {"alpha": 0.0}):
+        with pytest.raises(ValueError, match=f"TrainOptions.{next(iter(bad))} must be"):
+            TrainOptions(**bad)

@@ -221,3 +221,23 @@ def test_u_learning_rate_scale_moves_only_u_faster_and_its_init_spread_lets_ever
     assert float(moved["zero init"]["network.out.weight"].abs().max()) > 0
     with pytest.raises(ValueError, match="u_lr_scale must be a positive number"):
         TrainOptions(u_lr_scale=0.0)
+
+
+def test_a_run_with_u_in_its_own_optimiser_group_resumes_to_the_uninterrupted_run(tmp_path):
+    options = TrainOptions(**{**SMALL, "steps": 4, "checkpoint_every": 1, "eval_every": 4, "u_lr_scale": 10.0,
+                              "u_init_std": 1e-3, "lr": 1e-2})
+    whole = train(Workbench.load("tiny"), options, tmp_path / "whole").coa.state_dict()
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(row):
+        if row["step"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(Workbench.load("tiny"), options, tmp_path / "cut", on_step=stop_after_two)
+    resumed = train(Workbench.load("tiny"), options, tmp_path / "cut", resume=True).coa.state_dict()
+    assert resumed.keys() == whole.keys()
+    for name in whole:
+        torch.testing.assert_close(resumed[name], whole[name], rtol=0, atol=0)
