@@ -1,7 +1,7 @@
 """Why CoA-LoRA trails a LoRA per configuration (#37), one factor at a time. Factor ``spread`` (no training): does
 U_θ's output vary with the configuration at all?
 
-    python bench/why.py --factor spread --compare runs/compare-smollm2-a runs/compare-smollm2-b
+    python bench/why.py --factor spread --compare runs/compare-smollm2-a runs/compare-smollm2-b runs/compare-smollm2-c
 
 For every CoA-LoRA adapter of the comparison folders (one per seed) it reports, over the run's own training set:
 how far the mean correction I + Ū is from I, how much U moves with the configuration, and the
@@ -16,7 +16,7 @@ Per method and budget, paired by seed: the KL from the unquantized model that re
 and held-out perplexity against the unquantized model's (measured once, same windows): below 1 the adapter has
 adapted to the text beyond what the unquantized model knows.
 
-    python bench/why.py --factor repair --compare runs/compare-smollm2-a runs/compare-smollm2-b \
+    python bench/why.py --factor repair --compare runs/compare-smollm2-a runs/compare-smollm2-b runs/compare-smollm2-c \
         --out data/compare/smollm2-rank8
 
 Factor ``arms`` (training): CoA-LoRA with one setting changed at a time, the search off so each arm is one plain
@@ -25,11 +25,15 @@ unseen). Each arm is a small comparison of its own (``runs/why/<arm>``: resumabl
 its effect is 100·ln(metric_arm / metric_default) paired by seed, mean ± sd, for held-out perplexity and KL, and,
 with ``--compare``, the gap to the comparison's per-configuration LoRA of the same seeds before and after:
 
-    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms default,kd --seeds 0,1,2 \
-        --out data/compare/smollm2-rank8 --compare runs/compare-smollm2-a runs/compare-smollm2-b &
-    OMP_NUM_THREADS=1 python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 \
-        --out data/compare/smollm2-rank8 --compare runs/compare-smollm2-a runs/compare-smollm2-b &
-    python bench/why.py --factor arms --arms steps-2x,rank-64 --seeds 0,1,2 --no-train ...   # report once default ended
+    OMP_NUM_THREADS=1 nohup python bench/why.py --factor arms --arms u-lr-10x --seeds 0,1,2 --root runs/why \
+        --compare runs/compare-smollm2-a runs/compare-smollm2-b runs/compare-smollm2-c > runs/why-u-lr.log 2>&1 &
+    python bench/why.py --factor arms --arms kd,rank-64,steps-2x,qlora-rank-64,qlora-steps-2x,u-lr-10x --seeds 0,1,2 \
+        --no-train --root runs/why --compare runs/compare-smollm2-a runs/compare-smollm2-b runs/compare-smollm2-c \
+        --out data/compare/smollm2-rank8   # the report, generated into the why.json docs/RESULTS.md shows
+
+Two arms train at a time (one thread each); an arm killed at any step resumes where it stopped. The arms train at
+rank 8, the rank of the comparison they are measured against (data/compare/smollm2-rank8), whatever the default is.
+The verdict (:mod:`why_verdict`) is generated once the capacity and steps arms are there.
 
 Last line: one JSON object.
 """
