@@ -58,7 +58,10 @@ def render() -> None:
                    "a per-configuration LoRA uses the adapter trained nearest, as a user without CoA-LoRA would).")
         gaps = pd.DataFrame(summary["gaps"])
         if not gaps.empty and metric in set(gaps["metric"]):
-            st.plotly_chart(plots.compare_gap_figure(gaps, metric, within=WITHIN_TRAINED), key="compare_gap")
+            earlier_gaps = pd.DataFrame(reference.summary["gaps"]) if reference is not None else None
+            st.plotly_chart(plots.compare_gap_figure(gaps, metric, within=WITHIN_TRAINED, reference=earlier_gaps,
+                                                     reference_label=reference.label if reference else "reference"),
+                            key="compare_gap")
             st.caption("The same numbers as differences: 100·ln(method / per-configuration LoRA), paired by seed, "
                        "mean ± sd. Grey band: within 2 %, the target at trained budgets; below 0 the method is "
                        "better where lower is better (perplexity, KL), worse where higher is better (agreement).")

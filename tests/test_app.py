@@ -241,6 +241,8 @@ def test_compare_view_shows_a_reference_comparison_dashed_and_the_diagnosis_verd
     label = read_reference(folder, read_results(folder)[2]["plan"]).label
     assert sorted(dashed) == sorted(f"{m}, {label}" for m in ("Per-configuration LoRA", "Shared-LoRA", "CoA-LoRA"))
     assert any(f"(measured at {label})" in h.value for h in at.subheader)  # the verdict is the reference's
+    gap = [f for f in figures(at) if f["layout"]["title"]["text"].startswith("against Per-configuration LoRA")][0]
+    assert f"CoA-LoRA, {label}" in [tr["name"] for tr in gap["data"]]  # the earlier gaps as faded crosses
     verdict = read_why(shipped)["verdict"]
     why = [f for f in figures(at) if "CoA-LoRA against per-configuration LoRA" in f["layout"]["title"]["text"]]
     assert why and "perplexity" in why[0]["layout"]["title"]["text"]

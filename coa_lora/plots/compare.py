@@ -94,12 +94,14 @@ def compare_time_figure(methods: pd.DataFrame) -> go.Figure:
 
 
 def compare_gap_figure(gaps: pd.DataFrame, metric: str, other: str = "qlora", within: float | None = None,
-                       title: str | None = None) -> go.Figure:
+                       title: str | None = None, reference: pd.DataFrame | None = None,
+                       reference_label: str = "reference") -> go.Figure:
     """Each method against ``other`` per budget: 100·ln(metric_method / metric_other) paired by seed, mean ± sd, so
     differences of a few percent stay visible where the quantized base dwarfs them on the quality axis.
 
     ``gaps``: the summary's gaps (``method, other, metric, budget, mean, sd, n, trained``); ``within``: a target band
-    (e.g. 100·ln 1.02) drawn around 0. Below 0 the method is better for a lower-is-better metric."""
+    (e.g. 100·ln 1.02) drawn around 0. Below 0 the method is better for a lower-is-better metric. ``reference``: an
+    earlier comparison's gaps, drawn as small faded crosses named "<method>, <reference_label>"."""
     frame = gaps[(gaps["metric"] == metric) & (gaps["other"] == other)].sort_values("budget")
     fig = go.Figure()
     if within is not None:
@@ -119,6 +121,17 @@ def compare_gap_figure(gaps: pd.DataFrame, metric: str, other: str = "qlora", wi
             customdata=list(zip(rows["budget"], rows["sd"].fillna(0.0), rows["n"])),
             hovertemplate=f"{label}<br>%{{customdata[0]:g}} bits<br>%{{y:+.1f}} ± %{{customdata[1]:.1f}} over "
                           "%{customdata[2]} seed(s)<extra></extra>"))
+    if reference is not None:
+        earlier = reference[(reference["metric"] == metric) & (reference["other"] == other)].sort_values("budget")
+        for k, method in enumerate(m for m in METHOD_LABELS if m in set(earlier["method"])):
+            rows = earlier[earlier["method"] == method]
+            label = f"{METHOD_LABELS[method]}, {reference_label}"
+            fig.add_trace(go.Scatter(
+                x=rows["budget"] - 0.05 + 0.02 * k, y=rows["mean"], mode="markers", name=label, opacity=0.5,
+                marker=dict(size=9, symbol="x-thin", line=dict(color=METHOD_COLORS[method], width=2)),
+                customdata=list(zip(rows["budget"], rows["sd"].fillna(0.0), rows["n"])),
+                hovertemplate=f"{label}<br>%{{customdata[0]:g}} bits<br>%{{y:+.1f}} ± %{{customdata[1]:.1f}} over "
+                              "%{customdata[2]} seed(s)<extra></extra>"))
     name = METRIC_AXES.get(metric, metric).split(" (")[0]
     return layout_figure(fig, title or f"against {METHOD_LABELS.get(other, other)}: 100·ln ratio of {name}",
                          "average bits per weight", f"100·ln({name} / {METHOD_LABELS.get(other, other)})",

@@ -52,3 +52,15 @@ def test_the_why_verdict_draws_one_bar_group_per_setting_with_its_seed_spread():
             value = verdict[f"ppl gap, {name}, at {budget}"]
             assert (y, sd) == pytest.approx((value["mean"], value["sd"]))
     assert len(plots.why_gap_figure(verdict, "KL").data) == len(bars)  # the KL rows, the same settings
+
+
+def test_an_earlier_comparisons_gaps_draw_as_faded_crosses_beside_the_current_ones():
+    _, _, summary = read_results(SHIPPED)
+    gaps = pd.DataFrame(summary["gaps"])
+    fig = plots.compare_gap_figure(gaps, "kl", within=WITHIN_TRAINED, reference=gaps, reference_label="rank 8")
+    crosses = {t.name: t for t in fig.data if t.name and t.name.endswith(", rank 8")}
+    assert set(crosses) == {"Shared-LoRA, rank 8", "CoA-LoRA, rank 8"}
+    want = gaps[(gaps["metric"] == "kl") & (gaps["other"] == "qlora") & (gaps["method"] == "coa")].sort_values("budget")
+    coa = crosses["CoA-LoRA, rank 8"]
+    assert coa.marker.symbol == "x-thin" and list(coa.y) == pytest.approx(want["mean"].tolist())
+    assert max(abs(a - b) for a, b in zip(coa.x, want["budget"])) < 0.1
