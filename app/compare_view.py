@@ -72,7 +72,8 @@ def render() -> None:
             st.metric("CoA-LoRA time / per-configuration runs", f"{ratio['mean']:.2f} x",
                       help=f"Per seed, mean over {ratio['n']} seed(s); the target is ≤ 0.35 x.")
     if reference is not None:
-        st.caption(f"Dashed lines: the earlier comparison at {reference.label} ({reference.folder.name}), kept for "
+        st.caption(f"Dashed lines and faded crosses: the earlier comparison at {reference.label} "
+                   f"({reference.folder.name}), kept for "
                    "reference.")
     verdict = why.get("verdict") or (reference.why.get("verdict") if reference is not None else None)
     if verdict is not None:
