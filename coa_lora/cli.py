@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", help="comma-separated bit budgets of the configuration set (qlora/lqlora: one); "
                                      "default: 10 evenly over 2.5-7.25")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3)")
+    p.add_argument("--u-lr-scale", type=float, help="U_theta's learning rate as a multiple of --lr (default 1)")
+    p.add_argument("--u-init-std", type=float, help="std of U_theta's last layer at the start (default 0: I + U = I; "
+                   "the official code's 1e-3 lets every layer of U learn from the first step)")
     p.add_argument("--batch-size", type=int, help="windows per micro-batch (default 4)")
     p.add_argument("--seq-length", type=int, help="tokens per window (default 128)")
     p.add_argument("--seed", type=int, help="default 0")

@@ -213,7 +213,7 @@ _TRAIN_FLAGS = {"method": "method", "steps": "steps", "configs_per_step": "confi
                 "rank": "rank", "objective": "objective", "lr": "lr", "batch_size": "batch_size",
                 "seq_length": "seq_length", "seed": "seed", "checkpoint_every": "checkpoint_every",
                 "eval_every": "eval_every", "search": "search", "rounds": "rounds", "segments": "segments",
-                "proposals": "proposals"}
+                "proposals": "proposals", "u_lr_scale": "u_lr_scale", "u_init_std": "u_init_std"}
 
 
 def train_command(args) -> int:

@@ -42,6 +42,7 @@ def test_summary(cache):
 
 
 @pytest.mark.parametrize("args,needle", [
+    (["train", "--model", "tiny", "--out", "/nonexistent/run", "--u-lr-scale", "0"], "u_lr_scale must be a positive"),
     (["allocate", "--model", "tiny", "--budget", "1.0", "--weighting", "none"], "feasible range"),
     (["allocate", "--model", "tiny", "--budget", "9", "--weighting", "none"], "feasible range"),
     (["allocate", "--model", "no-such-model-anywhere", "--budget", "3"], "smollm2"),
@@ -115,3 +116,17 @@ def test_train_flag_choices_are_the_options_own():
     choices = {a.dest: a.choices for a in sub.choices["train"]._actions if a.choices}
     assert set(choices["method"]) == set(METHODS) and set(choices["draws"]) == set(DRAWS)
     assert set(choices["objective"]) == set(OBJECTIVES) and set(choices["search"]) == set(SEARCH_MODES)
+
+
+def test_train_passes_u_thetas_learning_rate_and_init_to_the_run(tmp_path):
+    # The two levers of U_θ (#37) as flags reach the saved options. In-process: training reads the prepared text,
+    # which the private cache of `run` does not have.
+    from coa_lora.cli import main
+    from coa_lora.lora.options import TrainOptions
+    from coa_lora.runs import read_run_info
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tiny", "--out", str(out), "--steps", "1", "--rank", "8", "--budgets", "2.5,4",
+                 "--seq-length", "32", "--batch-size", "2", "--u-lr-scale", "10", "--u-init-std", "1e-3"]) == 0
+    options = TrainOptions.saved(read_run_info(out).hyper)
+    assert (options.u_lr_scale, options.u_init_std) == (10.0, 1e-3)
