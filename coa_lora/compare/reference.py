@@ -55,6 +55,22 @@ def write_reference(out: str | os.PathLike, folder: str | os.PathLike) -> None:
 def stored_reference(folder: str | os.PathLike) -> Path | None:
     """The folder ``folder``'s reference.json points at, checked (None when there is none): one sentence, naming the
     way out, when it is not a reference file or its target moved or holds no results."""
+    stored = _stored(folder)
+    return None if stored is None else stored[0]
+
+
+def read_reference(folder: str | os.PathLike, plan: dict) -> Reference | None:
+    """``folder``'s reference, or None when it has none; its label names what it sets differently from ``plan``
+    (``folder``'s own, as in its summary)."""
+    stored = _stored(folder)
+    if stored is None:
+        return None
+    target, summary = stored
+    return Reference(reference_label(plan, summary["plan"]), summary, target, read_why(target))
+
+
+def _stored(folder: str | os.PathLike) -> tuple[Path, dict] | None:
+    """(the folder reference.json points at, its summary), read once; see :func:`stored_reference`."""
     path = Path(folder) / REFERENCE_FILE
     if not path.is_file():
         return None
@@ -63,21 +79,10 @@ def stored_reference(folder: str | os.PathLike) -> Path | None:
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"{path} is not a reference file ({exc}); write it again with compare --reference.") from None
     try:
-        read_results(target)
+        return target, read_results(target)[2]
     except (OSError, ValueError):
         raise ValueError(f"{path} points at {target}, which holds no comparison results (moved?); pass --reference "
                          "again with its folder, or delete the file.") from None
-    return target
-
-
-def read_reference(folder: str | os.PathLike, plan: dict) -> Reference | None:
-    """``folder``'s reference, or None when it has none; its label names what it sets differently from ``plan``
-    (``folder``'s own, as in its summary)."""
-    target = stored_reference(folder)
-    if target is None:
-        return None
-    summary = read_results(target)[2]
-    return Reference(reference_label(plan, summary["plan"]), summary, target, read_why(target))
 
 
 def reference_label(plan: dict, reference_plan: dict) -> str:

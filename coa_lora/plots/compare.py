@@ -29,6 +29,12 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _by_method(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(method, its rows) for each method of ``frame``, in the legend's order of METHOD_LABELS."""
+    present = set(frame["method"])
+    return [(m, frame[frame["method"] == m]) for m in METHOD_LABELS if m in present]
+
+
 def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[float],
                            title: str | None = None, reference: pd.DataFrame | None = None,
                            reference_label: str = "reference") -> go.Figure:
@@ -40,8 +46,7 @@ def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[f
     fig = go.Figure()
     frame = cells[cells["metric"] == metric].sort_values("budget")
     trained = set(trained)
-    for method in [m for m in METHOD_LABELS if m in set(frame["method"])]:
-        rows = frame[frame["method"] == method]
+    for method, rows in _by_method(frame):
         color, label = METHOD_COLORS[method], METHOD_LABELS[method]
         x = rows["budget"].tolist()
         sd = rows["sd"].fillna(0.0)  # one seed (or the base): no band
@@ -59,8 +64,7 @@ def compare_quality_figure(cells: pd.DataFrame, metric: str, trained: Sequence[f
                           "over %{customdata[1]} seed(s)<extra></extra>"))
     if reference is not None:
         earlier = reference[(reference["metric"] == metric) & (reference["method"] != "base")].sort_values("budget")
-        for method in [m for m in METHOD_LABELS if m in set(earlier["method"])]:
-            rows = earlier[earlier["method"] == method]
+        for method, rows in _by_method(earlier):
             label = f"{METHOD_LABELS[method]}, {reference_label}"
             fig.add_trace(go.Scatter(
                 x=rows["budget"], y=rows["mean"], mode="lines+markers", name=label, opacity=0.55,
@@ -107,9 +111,8 @@ def compare_gap_figure(gaps: pd.DataFrame, metric: str, other: str = "qlora", wi
     if within is not None:
         fig.add_hrect(y0=-within, y1=within, fillcolor="#eeeeee", line_width=0, layer="below")
     fig.add_hline(y=0, line=dict(color="#999999", width=1))
-    methods = [m for m in METHOD_LABELS if m in set(frame["method"])]
-    for k, method in enumerate(methods):
-        rows = frame[frame["method"] == method]
+    methods = _by_method(frame)
+    for k, (method, rows) in enumerate(methods):
         color, label = METHOD_COLORS[method], METHOD_LABELS[method]
         seen = rows["trained"].tolist()
         offset = 0.02 * (k - (len(methods) - 1) / 2)  # side by side at each budget, not on top of each other
@@ -123,8 +126,7 @@ def compare_gap_figure(gaps: pd.DataFrame, metric: str, other: str = "qlora", wi
                           "%{customdata[2]} seed(s)<extra></extra>"))
     if reference is not None:
         earlier = reference[(reference["metric"] == metric) & (reference["other"] == other)].sort_values("budget")
-        for k, method in enumerate(m for m in METHOD_LABELS if m in set(earlier["method"])):
-            rows = earlier[earlier["method"] == method]
+        for k, (method, rows) in enumerate(_by_method(earlier)):
             label = f"{METHOD_LABELS[method]}, {reference_label}"
             fig.add_trace(go.Scatter(
                 x=rows["budget"] - 0.05 + 0.02 * k, y=rows["mean"], mode="markers", name=label, opacity=0.5,
