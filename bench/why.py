@@ -211,12 +211,17 @@ ARMS = {
     # Factor 1's levers (spread by arm: U_θ's configuration-dependent share still grows at 120 steps).
     "u-lr-10x": ({"train": {"u_lr_scale": 10.0}}, "U_θ's learning rate 10x the adapter's: is its configuration-"
                                                    "dependent part slow to learn?"),
+    # The lever that helped at rank 8, at the library's default rank: measured against the rank-64 arm (BASES).
+    "rank-64-u-lr-10x": ({"rank": 64, "train": {"u_lr_scale": 10.0}}, "U_θ's learning rate 10x at rank 64 (the "
+                                                                       "default since #37): does the gain carry over?"),
     "u-init": ({"train": {"u_init_std": 1e-3}}, "U_θ's last layer drawn from N(0, 1e-3²) as in the official code, "
                                                 "not zero: do the layers before it learn from the first step?"),
 }
 ARM_BUDGETS, ARM_UNSEEN = (2.5, 3.0), (2.75,)
 # A per-configuration arm is compared with per-configuration LoRA at the default rank, and its CoA-LoRA partner with it.
 PARTNERS = {"qlora-rank-64": "rank-64", "qlora-steps-2x": "steps-2x"}
+# The arm a CoA-LoRA arm is measured against, when it is not the default arm (one change at a time from it).
+BASES = {"rank-64-u-lr-10x": "rank-64"}
 
 
 def _method(arm: str) -> str:
@@ -272,7 +277,7 @@ def arms(wb: Workbench, args) -> dict:
                 run_comparison(arm_plan(args.model, arm, seeds), args.root / arm, wb=wb, progress=progress,
                                command="python bench/why.py " + " ".join(sys.argv[1:]))
     results = {}
-    for arm in ["default", *names]:
+    for arm in dict.fromkeys(["default", *names, *(BASES[a] for a in names if a in BASES)]):
         path = args.root / arm / "results.csv"
         if path.is_file():
             rows = pd.read_csv(path)
@@ -303,26 +308,30 @@ def arms(wb: Workbench, args) -> dict:
                         + " (100·ln ratio, paired by seed; above 0: CoA-LoRA behind)."),
         }
     for arm in [a for a in names if a != "default" and a in results and a not in PARTNERS]:
+        base = BASES.get(arm, "default")
+        if base not in results:
+            raise SystemExit(f"Arm {arm} is measured against arm {base}, which has no results under {args.root}; "
+                             f"train it (--arms {base}).")
         measured = {}
         for metric, label in (("perplexity", "ppl"), ("kl", "KL")):
-            for budget, (m, sd, n) in _paired(results[arm], results["default"], metric).items():
-                measured[f"100·ln({label} {arm} / default) at {budget:g} bits"] = {"mean": m, "sd": sd, "n": n}
+            for budget, (m, sd, n) in _paired(results[arm], results[base], metric).items():
+                measured[f"100·ln({label} {arm} / {base}) at {budget:g} bits"] = {"mean": m, "sd": sd, "n": n}
         if reference is not None:
             for metric, label in (("perplexity", "ppl"), ("kl", "KL")):
-                for who, rows in (("default", results["default"]), (arm, results[arm])):
+                for who, rows in ((base, results[base]), (arm, results[arm])):
                     for budget, (m, sd, n) in _paired(rows, reference, metric).items():
                         measured[f"100·ln({label} {who} / per-config LoRA) at {budget:g} bits"] = {
                             "mean": m, "sd": sd, "n": n}
         def clear(label: str, sign: int) -> int:
             """Budgets where the arm is clearly better (sign -1) or worse (+1): |mean| beyond its standard error."""
-            return sum(1 for k, v in measured.items() if k.startswith(f"100·ln({label} {arm} / default)") and v["sd"]
+            return sum(1 for k, v in measured.items() if k.startswith(f"100·ln({label} {arm} / {base})") and v["sd"]
                        is not None and sign * v["mean"] - v["sd"] / v["n"] ** 0.5 > 0)
-        print(f"\narm {arm} against default, mean ± sd over seeds:")
+        print(f"\narm {arm} against {base}, mean ± sd over seeds:")
         for k, v in measured.items():
             print(f"  {k}: {v['mean']:+.2f} ± {_f(v['sd'], 2)} (n = {v['n']})")
         entries[f"arm {arm}"] = {
             "question": ARMS[arm][1], "measured": measured,
-            "finding": (f"Against the default arm, over {len(ARM_BUDGETS) + len(ARM_UNSEEN)} budgets: held-out "
+            "finding": (f"Against the {base} arm, over {len(ARM_BUDGETS) + len(ARM_UNSEEN)} budgets: held-out "
                         f"perplexity clearly better at {clear('ppl', -1)}, clearly worse at {clear('ppl', 1)}; KL "
                         f"clearly better at {clear('KL', -1)}, clearly worse at {clear('KL', 1)} (clearly: the mean "
                         "beyond its standard error over seeds)."),

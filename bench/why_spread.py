@@ -3,7 +3,7 @@ adapters (no training): the configuration-dependent share of CoA-LoRA's correcti
 :func:`coa_lora.lora.diagnose.correction_spread`) in each arm, paired by seed with the default arm's. If more capacity
 (rank 64) or more training (2x steps) left the share where it is, U_θ's small part is not starved of either.
 
-    python bench/why_spread.py --arms default,rank-64,steps-2x --root runs/why --out data/compare/smollm2-rank8
+    python bench/why_spread.py --arms default,rank-64,steps-2x,u-lr-10x,u-init --root runs/why --out data/compare/smollm2-rank8
 
 Last line: one JSON object (the ``spread by arm`` entry written into ``--out``'s why.json).
 """
@@ -20,6 +20,19 @@ from coa_lora.compare import read_why
 from coa_lora.compare.report import WHY_FILE
 from coa_lora.lora.diagnose import correction_spread
 from coa_lora.storage import write_json
+
+
+# U_θ's own levers (bench/why.py's arms) and what each changes.
+LEVERS = {"u-lr-10x": "its learning rate (u-lr-10x)", "u-init": "the initialisation of its last layer (u-init)"}
+
+
+def _levers(arms: list[str]) -> str:
+    """The finding's last sentence: which of U_θ's levers this entry measured, which it did not."""
+    missing = [text for arm, text in LEVERS.items() if arm not in arms]
+    if not missing:
+        return ("its two levers, " + " and ".join(LEVERS.values()) + ", are measured above (their effect on quality: "
+                "the arms' own entries).")
+    return f"{' and '.join(missing)} {'is the lever' if len(missing) == 1 else 'are the levers'} not measured here."
 
 
 def arm_shares(wb: Workbench, folder: Path) -> dict[int, dict[str, float]]:
@@ -87,8 +100,7 @@ def main() -> None:
         "finding": (f"Share of the correction that moves with the configuration, over each run's training set: {text} "
                     f"(mean over seeds). Against {reference}, paired by seed: {'; '.join(grows)} (clearly: beyond "
                     "its standard error). Where more steps make it grow, U_θ's configuration-dependent part is still "
-                    "learning when training stops: it is starved of training, not idle by design; its learning rate "
-                    "and the initialisation of its last layer are the levers not measured yet."),
+                    f"learning when training stops: it is starved of training, not idle by design; {_levers(arms)}"),
         "command": "python bench/why_spread.py " + " ".join(sys.argv[1:]),
     }
     if args.out is not None:  # read again: another script may have written its entries meanwhile

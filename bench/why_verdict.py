@@ -16,13 +16,15 @@ def gap_verdict(entries: dict) -> dict | None:
     need = ("arm rank-64", "arm qlora-rank-64", "arm steps-2x")
     if not all(k in entries for k in need):
         return None
-    rows = {k: v for e in (*need, "arm qlora-steps-2x") if e in entries for k, v in entries[e]["measured"].items()}
+    rows = {k: v for e in (*need, "arm qlora-steps-2x", "arm u-lr-10x") if e in entries
+            for k, v in entries[e]["measured"].items()}
     measured, text = {}, {}
     for label in ("ppl", "KL"):
         gaps = {"as compared (rank 8, 60 steps)": "default / per-config LoRA",
                 "both at rank 64": "rank-64 / qlora-rank-64",
                 "CoA-LoRA 120 steps, per-config 60": "steps-2x / per-config LoRA",
-                "both at 120 steps": "steps-2x / qlora-steps-2x"}  # once that arm is trained
+                "both at 120 steps": "steps-2x / qlora-steps-2x",  # once that arm is trained
+                "CoA-LoRA with U_θ's learning rate 10x": "u-lr-10x / per-config LoRA"}
         for name, ratio in gaps.items():
             found = {k.split(" at ")[1]: v for k, v in rows.items() if k.startswith(f"100·ln({label} {ratio}) at ")}
             for budget, v in found.items():
@@ -48,6 +50,15 @@ def gap_verdict(entries: dict) -> dict | None:
             "deployed configurations than the four trained here.")
     else:
         finding += "Per-configuration LoRA at 120 steps is not measured yet (arm qlora-steps-2x)."
+    lever = "CoA-LoRA with U_θ's learning rate 10x"
+    if text[("ppl", lever)]:
+        ahead = [k.split(" at ")[1] for k, v in measured.items() if k.startswith(f"ppl gap, {lever}, at ")
+                 and v["sd"] is not None and v["mean"] + v["sd"] / v["n"] ** 0.5 < 0]
+        finding += (
+            " The configuration-aware part's own lever moves the gap at equal cost: with U_θ's learning rate 10x the "
+            f"adapter's (same 60 steps) it is {text[('ppl', lever)]}"
+            + (f", ahead of the nearest per-configuration LoRA at {' and '.join(ahead)}" if ahead else "")
+            + "; U_θ was starved of training (its configuration-dependent share: spread by arm).")
     return {"question": "How much of the gap does each factor explain?", "measured": measured, "finding": finding}
 
 
