@@ -31,6 +31,9 @@ with ``--compare``, the gap to the comparison's per-configuration LoRA of the sa
         --no-train --root runs/why --compare runs/compare-smollm2-a runs/compare-smollm2-b runs/compare-smollm2-c \
         --out data/compare/smollm2-rank8   # the report, generated into the why.json docs/RESULTS.md shows
 
+An arm in ``BASES`` is measured against another arm instead of the default one (``rank-64-u-lr-10x`` against
+``rank-64``: U_θ's learning rate at the library's default rank).
+
 Two arms train at a time (one thread each); an arm killed at any step resumes where it stopped. The arms train at
 rank 8, the rank of the comparison they are measured against (data/compare/smollm2-rank8), whatever the default is.
 The verdict (:mod:`why_verdict`) is generated once the capacity and steps arms are there.
