@@ -57,16 +57,12 @@ from coa_lora.compare.report import WHY_FILE
 from coa_lora.lora import even_budgets
 from coa_lora.lora.diagnose import correction_spread
 from coa_lora.storage import write_json
-from why_verdict import gap_verdict  # bench/why_verdict.py, beside this script
+from why_verdict import fmt_sd, gap_verdict  # bench/why_verdict.py, beside this script
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample sd over seeds; one seed has no sd (None: JSON null, "–" in the report)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def _f(sd: float | None, digits: int) -> str:
-    return "–" if sd is None else f"{sd:.{digits}f}"
 
 
 def _deltas(coa) -> dict[str, torch.Tensor]:
@@ -128,7 +124,7 @@ def spread(wb: Workbench, compare_folders: list[Path]) -> dict:
     print("\nper module kind, mean ± sd over seeds:")
     print(f"{'kind':10s} {'‖Ū‖/‖I‖':>16s} {'spread U/‖I‖':>16s} {'config share':>16s} {'‖ΔW‖/‖W‖':>16s}")
     for kind, cols in by_kind.items():
-        print(f"{kind:10s} " + " ".join(f"{m:8.4f} ± {_f(s, 4):>6s}" for m, s in
+        print(f"{kind:10s} " + " ".join(f"{m:8.4f} ± {fmt_sd(s, 4):>6s}" for m, s in
                                        (cols[c] for c in ("u_mean", "u_spread", "config_share", "delta_to_weight"))))
     print("config share per layer: " + " ".join(f"{layer}:{statistics.fmean(v):.3f}" for layer, v in sorted(layer_rows.items())))
     measured = {
@@ -177,7 +173,7 @@ def repair(wb: Workbench, compare_folders: list[Path]) -> dict:
             kl = _mean_sd((part["kl"] / base.loc[budget, "kl"]).tolist())
             ppl = _mean_sd((part["perplexity"] / reference).tolist())
             table[f"{method}@{budget:g}"] = {"kl_remaining": kl, "ppl_over_unquantized": ppl, "n": len(part)}
-            print(f"{method:8s} {budget:5g} {kl[0]:8.3f} ± {_f(kl[1], 3):>5s} {ppl[0]:10.3f} ± {_f(ppl[1], 3):>5s}  {len(part)}")
+            print(f"{method:8s} {budget:5g} {kl[0]:8.3f} ± {fmt_sd(kl[1], 3):>5s} {ppl[0]:10.3f} ± {fmt_sd(ppl[1], 3):>5s}  {len(part)}")
             if budget in (min(budgets), max(budgets)) and method in ("qlora", "coa"):
                 for name, (m, sd) in ((f"KL / base KL, {method} at {budget:g} bits", kl),
                                       (f"perplexity / unquantized, {method} at {budget:g} bits", ppl)):
@@ -302,12 +298,12 @@ def arms(wb: Workbench, args) -> dict:
                     measured[f"100·ln({label} {partner} / {arm}) at {budget:g} bits"] = {"mean": m, "sd": sd, "n": n}
         print(f"\narm {arm}, mean ± sd over seeds:")
         for k, v in measured.items():
-            print(f"  {k}: {v['mean']:+.2f} ± {_f(v['sd'], 2)} (n = {v['n']})")
+            print(f"  {k}: {v['mean']:+.2f} ± {fmt_sd(v['sd'], 2)} (n = {v['n']})")
         gap = {k: v for k, v in measured.items() if k.startswith(f"100·ln(ppl {partner} / {arm})")}
         entries[f"arm {arm}"] = {
             "question": ARMS[arm][1], "measured": measured,
             "finding": (f"{partner} against {arm} (the same change for both methods), held-out perplexity: "
-                        + "; ".join(f"{k.split(' at ')[1]} {v['mean']:+.1f} ± {_f(v['sd'], 1)}" for k, v in gap.items())
+                        + "; ".join(f"{k.split(' at ')[1]} {v['mean']:+.1f} ± {fmt_sd(v['sd'], 1)}" for k, v in gap.items())
                         + " (100·ln ratio, paired by seed; above 0: CoA-LoRA behind)."),
         }
     for arm in [a for a in names if a != "default" and a in results and a not in PARTNERS]:
@@ -331,7 +327,7 @@ def arms(wb: Workbench, args) -> dict:
                        is not None and sign * v["mean"] - v["sd"] / v["n"] ** 0.5 > 0)
         print(f"\narm {arm} against {base}, mean ± sd over seeds:")
         for k, v in measured.items():
-            print(f"  {k}: {v['mean']:+.2f} ± {_f(v['sd'], 2)} (n = {v['n']})")
+            print(f"  {k}: {v['mean']:+.2f} ± {fmt_sd(v['sd'], 2)} (n = {v['n']})")
         entries[f"arm {arm}"] = {
             "question": ARMS[arm][1], "measured": measured,
             "finding": (f"Against the {base} arm, over {len(ARM_BUDGETS) + len(ARM_UNSEEN)} budgets: held-out "

@@ -46,10 +46,9 @@ def arm_shares(wb: Workbench, folder: Path) -> dict[int, dict[str, float]]:
             continue
         coa, _, configs = load_trained(wb, run)
         table = correction_spread(coa, configs)
-        out[int(run.name.removeprefix("coa-seed"))] = {"share": float(table["config_share"].mean()),
-                                                        "u_mean": float(table["u_mean"].mean())}
-        coa.remove_()
         seed = int(run.name.removeprefix("coa-seed"))
+        out[seed] = {"share": float(table["config_share"].mean()), "u_mean": float(table["u_mean"].mean())}
+        coa.remove_()
         print(f"{folder.name}/{run.name}: {len(configs)} configurations, share {out[seed]['share']:.4f}, "
               f"‖Ū‖/‖I‖ {out[seed]['u_mean']:.3f}", flush=True)
     return out

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 
 
-def _f(sd: float | None, digits: int) -> str:
+def fmt_sd(sd: float | None, digits: int) -> str:
+    """A standard deviation for a table or sentence; "–" when there is none (one seed)."""
     return "–" if sd is None else f"{sd:.{digits}f}"
 
 
@@ -29,7 +30,7 @@ def gap_verdict(entries: dict) -> dict | None:
             found = {k.split(" at ")[1]: v for k, v in rows.items() if k.startswith(f"100·ln({label} {ratio}) at ")}
             for budget, v in found.items():
                 measured[f"{label} gap, {name}, at {budget}"] = v
-            text[(label, name)] = ", ".join(f"{v['mean']:+.1f} ± {_f(v['sd'], 1)}" for v in found.values())
+            text[(label, name)] = ", ".join(f"{v['mean']:+.1f} ± {fmt_sd(v['sd'], 1)}" for v in found.values())
     finding = (
         "Held-out perplexity gap to per-configuration LoRA (100·ln ratio at 2.5 / 2.75 / 3 bits; above 0: CoA-LoRA "
         f"behind): {text[('ppl', 'as compared (rank 8, 60 steps)')]} at the comparison's settings; "
